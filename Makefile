@@ -1,0 +1,53 @@
+# AdaPool Serve. `make run` and `make test` set up .venv themselves (idempotent: a stamp file per
+# set of extras, redone only when pyproject.toml or constraints.txt change).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+CONSTRAINTS := constraints.txt
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-serve run test lint format lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.serve.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve]'
+	@touch $@
+
+$(VENV)/.dev.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev]'
+	@touch $@ $(VENV)/.serve.stamp
+
+setup-serve: $(VENV)/.serve.stamp  ## install the serving environment (no torch)
+
+setup: $(VENV)/.dev.stamp  ## install everything: serving, training/export, tests and linters
+
+run: setup-serve  ## serve the committed models on localhost
+	@echo "The service is not built yet (issue #5): 'make run' only prepared .venv for serving." >&2
+	@exit 1
+
+test: setup  ## run every test
+	$(BIN)/pytest
+
+lint: setup  ## ruff check, ruff format --check, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy models export service
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: setup  ## rewrite constraints.txt from the current .venv
+	{ sed -n '/^#/p;/^onnxruntime-gpu==/p' $(CONSTRAINTS); \
+	  $(PIP) freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+clean:  ## remove .venv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""ONNX export of trained models (issue #4: not built yet)."""
