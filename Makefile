@@ -8,7 +8,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean
+.PHONY: help setup setup-serve run test lint format lock clean reproduce
+
+PRESET ?= cpu
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -34,6 +36,9 @@ run: setup-serve  ## serve the committed models on localhost
 
 test: setup  ## run every test
 	$(BIN)/pytest
+
+reproduce: setup  ## the kNN-Centroid sweep: make reproduce PRESET=cpu (configs/sweep/<PRESET>.toml)
+	$(BIN)/python -m models.sweep --preset configs/sweep/$(PRESET).toml
 
 lint: setup  ## ruff check, ruff format --check, mypy --strict
 	$(BIN)/ruff check .

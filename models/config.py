@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid. The message names the offending key."""
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
@@ -55,18 +55,18 @@ class PoolingConfig:
     residual: bool | None = None
 
     def __post_init__(self) -> None:
-        _require(self.method in POOLING_METHODS, f"pooling.method must be one of {POOLING_METHODS}")
-        _require(self.query in QUERY_MODES, f"pooling.query must be one of {QUERY_MODES}")
-        _require(self.query_index >= 0, "pooling.query_index must be >= 0")
+        require(self.method in POOLING_METHODS, f"pooling.method must be one of {POOLING_METHODS}")
+        require(self.query in QUERY_MODES, f"pooling.query must be one of {QUERY_MODES}")
+        require(self.query_index >= 0, "pooling.query_index must be >= 0")
         if self.query == "indices":
-            _require(len(self.query_indices) > 0, "pooling.query_indices must not be empty")
-            _require(min(self.query_indices) >= 0, "pooling.query_indices must be >= 0")
+            require(len(self.query_indices) > 0, "pooling.query_indices must not be empty")
+            require(min(self.query_indices) >= 0, "pooling.query_indices must be >= 0")
         else:
-            _require(
+            require(
                 not self.query_indices, "pooling.query_indices is only used with query = 'indices'"
             )
         if self.method != "adapool":
-            _require(self.residual is None, "pooling.residual is only used with method = 'adapool'")
+            require(self.residual is None, "pooling.residual is only used with method = 'adapool'")
 
     @property
     def use_residual(self) -> bool:
@@ -110,23 +110,23 @@ class ModelConfig:
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
 
     def __post_init__(self) -> None:
-        _require(self.input_dim > 0, "model.input_dim must be > 0")
-        _require(self.dim > 0, "model.dim must be > 0")
-        _require(self.output_dim is None or self.output_dim > 0, "model.output_dim must be > 0")
-        _require(self.depth >= 0, "model.depth must be >= 0")
-        _require(self.num_heads > 0, "model.num_heads must be > 0")
-        _require(
+        require(self.input_dim > 0, "model.input_dim must be > 0")
+        require(self.dim > 0, "model.dim must be > 0")
+        require(self.output_dim is None or self.output_dim > 0, "model.output_dim must be > 0")
+        require(self.depth >= 0, "model.depth must be >= 0")
+        require(self.num_heads > 0, "model.num_heads must be > 0")
+        require(
             self.dim % self.num_heads == 0,
             f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})",
         )
-        _require(self.mlp_dim > 0, "model.mlp_dim must be > 0")
-        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _require(
+        require(self.mlp_dim > 0, "model.mlp_dim must be > 0")
+        require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        require(
             self.input_projection or self.input_dim == self.dim,
             f"model.input_dim ({self.input_dim}) differs from model.dim ({self.dim}): "
             "set model.input_projection = true",
         )
-        _require(
+        require(
             self.pooling.method != "cls" or self.depth > 0,
             "pooling.method = 'cls' needs model.depth >= 1 "
             "(the class token is read after the encoder)",
@@ -167,12 +167,12 @@ class DataConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _require(self.num_vectors >= 2, "data.num_vectors must be >= 2")
-        _require(1 <= self.k <= self.num_vectors, f"data.k must be in [1, {self.num_vectors}]")
-        _require(1 <= self.dim <= 18, "data.dim must be in [1, 18]")
-        _require(self.num_train > 0, "data.num_train must be > 0")
-        _require(self.num_val > 0, "data.num_val must be > 0")
-        _require(self.num_test > 0, "data.num_test must be > 0")
+        require(self.num_vectors >= 2, "data.num_vectors must be >= 2")
+        require(1 <= self.k <= self.num_vectors, f"data.k must be in [1, {self.num_vectors}]")
+        require(1 <= self.dim <= 18, "data.dim must be in [1, 18]")
+        require(self.num_train > 0, "data.num_train must be > 0")
+        require(self.num_val > 0, "data.num_val must be > 0")
+        require(self.num_test > 0, "data.num_test must be > 0")
 
     @property
     def snr(self) -> float:
@@ -191,6 +191,7 @@ class TrainConfig:
             resumed run continues exactly as an uninterrupted one).
         eval_batch_size: samples per step when evaluating.
         threads: torch intra-op threads; 0 keeps torch's default.
+        device: ``cpu`` or ``cuda`` (data stays on the CPU and moves per batch).
     """
 
     epochs: int = 10
@@ -199,14 +200,15 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     threads: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs must be >= 1")
-        _require(self.batch_size >= 1, "train.batch_size must be >= 1")
-        _require(self.lr > 0, "train.lr must be > 0")
-        _require(self.seed >= 0, "train.seed must be >= 0")
-        _require(self.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
-        _require(self.threads >= 0, "train.threads must be >= 0")
+        require(self.epochs >= 1, "train.epochs must be >= 1")
+        require(self.batch_size >= 1, "train.batch_size must be >= 1")
+        require(self.lr > 0, "train.lr must be > 0")
+        require(self.seed >= 0, "train.seed must be >= 0")
+        require(self.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
+        require(self.threads >= 0, "train.threads must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.model.input_dim == self.data.dim,
             f"model.input_dim ({self.model.input_dim}) must equal data.dim ({self.data.dim})",
         )

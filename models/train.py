@@ -67,13 +67,14 @@ def predict(model: PoolingModel, x: np.ndarray, batch_size: int) -> tuple[np.nda
     Returns pooled (S, D_out) and weights (S, H, N) as float32 arrays.
     """
     model.eval()
+    device = next(model.parameters()).device
     pooled, weights = [], []
     for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
-        mask = torch.ones(xb.shape[:2], dtype=torch.bool)
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)
         out = model(xb, mask)
-        pooled.append(out.pooled.numpy())
-        weights.append(out.weights.numpy())
+        pooled.append(out.pooled.cpu().numpy())
+        weights.append(out.weights.cpu().numpy())
     return np.concatenate(pooled), np.concatenate(weights)
 
 
@@ -103,6 +104,7 @@ def _train_epoch(
 ) -> float:
     """One pass over the training split; returns the mean training loss."""
     model.train()
+    device = next(model.parameters()).device
     # Reseed per epoch: batch order and dropout depend only on (seed, epoch), so --resume
     # reproduces an uninterrupted run exactly.
     torch.manual_seed(derive_seed(config.train.seed, epoch))
@@ -120,8 +122,8 @@ def _train_epoch(
     )
     for step in bar:
         index = order[step * batch_size : (step + 1) * batch_size]
-        xb, yb = x[index], y[index]
-        mask = torch.ones(xb.shape[:2], dtype=torch.bool)
+        xb, yb = x[index].to(device), y[index].to(device)
+        mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)
         loss = F.mse_loss(model(xb, mask).pooled, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -151,7 +153,7 @@ def train(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = build_model(config.model).to(config.train.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "history": []}
 
@@ -194,6 +196,7 @@ def train(
         )
 
     best_model, _ = checkpoint.load_model(out)
+    best_model.to(config.train.device)
     metrics = test_metrics(best_model, data["test"], config)
     metrics.update(
         initial_val_loss=state["initial_val_loss"],
