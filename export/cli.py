@@ -1,0 +1,191 @@
+"""Export a trained run into a versioned model repository.
+
+    python -m export runs/adapool-token-k8-seed0 --name knn-adapool-ego --version 1 \\
+        --repository model_repository
+
+Writes ``<repository>/<name>/<version>/`` (model.onnx, manifest.json, checkpoint/) and
+``<repository>/<name>/config.pbtxt``, then checks ONNX Runtime against PyTorch on the parity
+cases and records the result in the manifest. Refuses to overwrite an existing version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from export.repository import (
+    CHECKPOINT_DIR,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MODEL_FILE,
+    TRITON_CONFIG,
+    RepositoryError,
+    sha256_file,
+    triton_config,
+    version_dir,
+)
+from export.verify import cpu_session, parity
+from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model, write_json
+from models.metrics import SIGNAL_RULE
+from models.model import PoolingModel
+
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(
+    name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
+) -> dict[str, Any]:
+    """Everything a server or a reader needs to know about one exported version."""
+    config = model.config
+    pooling = config.pooling
+    metrics_file = run_dir / "metrics.json"
+    graph = onnx.load(str(out / MODEL_FILE))
+    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    training = json.loads((run_dir / CONFIG_FILE).read_text())
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pooling": {
+            "method": pooling.method,
+            "query": pooling.query if pooling.method == "adapool" else None,
+            "query_index": pooling.query_index if pooling.method == "adapool" else None,
+            "query_indices": list(pooling.query_indices),
+            "residual": pooling.use_residual if pooling.method == "adapool" else None,
+        },
+        "input_dim": config.input_dim,
+        "output_dim": config.out_dim,
+        "heads": config.pooling_heads,
+        "depth": config.depth,
+        "width": config.dim,
+        "inputs": [
+            {
+                "name": INPUT_NAMES[0],
+                "dtype": "float32",
+                "shape": ["batch", "tokens", config.input_dim],
+            },
+            {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", "tokens"]},
+        ],
+        "outputs": [
+            {"name": OUTPUT_NAMES[0], "dtype": "float32", "shape": ["batch", config.out_dim]},
+            {
+                "name": OUTPUT_NAMES[1],
+                "dtype": "float32",
+                "shape": ["batch", config.pooling_heads, "tokens"],
+            },
+        ],
+        "min_real_tokens_note": "rows need >= 1 real token; a token query needs its token real",
+        "precision": "fp32",
+        "opset": opset,
+        "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
+        | {
+            f"{CHECKPOINT_DIR}/{p.name}": sha256_file(p)
+            for p in sorted((out / CHECKPOINT_DIR).iterdir())
+        },
+        "training": training,
+        "metrics": json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
+        "signal_rule": SIGNAL_RULE,
+        "packages": package_versions(),
+        "command": command,
+    }
+
+
+def export_run(
+    run_dir: Path, name: str, version: int, repository: Path, command: str
+) -> dict[str, Any]:
+    """Export ``run_dir``'s best checkpoint; returns the manifest written."""
+    target = version_dir(repository, name, version)
+    if target.exists():
+        raise RepositoryError(f"{target} exists: choose another --version")
+    model, _ = load_model(run_dir)
+    config_file = target.parent / TRITON_CONFIG
+    with tempfile.TemporaryDirectory(dir=repository if repository.exists() else None) as tmp:
+        out = Path(tmp) / "version"
+        (out / CHECKPOINT_DIR).mkdir(parents=True)
+        seconds = export_onnx(model, out / MODEL_FILE)
+        for file in (CONFIG_FILE, BEST_FILE):
+            shutil.copyfile(run_dir / file, out / CHECKPOINT_DIR / file)
+        manifest = build_manifest(name, version, model, run_dir, out, command)
+
+        started = time.perf_counter()
+        session = cpu_session(out / MODEL_FILE)
+        startup = time.perf_counter() - started
+        results = parity(session, model)
+        manifest["export"] = {
+            "seconds": round(seconds, 2),
+            "model_bytes": (out / MODEL_FILE).stat().st_size,
+            "onnxruntime_session_seconds": round(startup, 4),
+            "parity": [
+                {
+                    "case": r.name,
+                    "max_abs_diff_pooled": r.max_abs_diff_pooled,
+                    "max_abs_diff_weights": r.max_abs_diff_weights,
+                }
+                for r in results
+            ],
+            "parity_ok": all(r.ok() for r in results),
+        }
+        if not manifest["export"]["parity_ok"]:
+            bad = [r.name for r in results if not r.ok()]
+            raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
+        if config_file.exists() and config_file.read_text() != triton_config(name, manifest):
+            raise RepositoryError(
+                f"{config_file} describes a different signature: export under another --name"
+            )
+        write_json(out / MANIFEST_FILE, manifest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), target)
+    config_file.write_text(triton_config(name, manifest))
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a run directory from python -m models.train")
+    parser.add_argument("--name", required=True, help="model name in the repository")
+    parser.add_argument("--version", required=True, type=int, help="integer version >= 1")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    args = parser.parse_args(argv)
+    command = "python -m export " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    try:
+        args.repository.mkdir(parents=True, exist_ok=True)
+        manifest = export_run(args.checkpoint, args.name, args.version, args.repository, command)
+    except (RepositoryError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    e = manifest["export"]
+    worst = max(max(p["max_abs_diff_pooled"], p["max_abs_diff_weights"]) for p in e["parity"])
+    print(
+        f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
+        f"{manifest['opset']}, export {e['seconds']:.1f}s, onnxruntime session start "
+        f"{e['onnxruntime_session_seconds'] * 1000:.0f} ms, parity max abs diff {worst:.1e} "
+        f"over {len(e['parity'])} cases"
+    )
+    return 0

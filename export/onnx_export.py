@@ -1,0 +1,81 @@
+"""Export a trained :class:`~models.PoolingModel` to ONNX, pooled vectors and weights as outputs.
+
+The graph: inputs ``embeddings`` float32 [batch, tokens, D] and ``attention_mask`` bool
+[batch, tokens] (True = real token); outputs ``pooled`` float32 [batch, D_out] and ``weights``
+float32 [batch, heads, tokens]. Batch and tokens are dynamic axes (the dynamo exporter; the
+legacy exporter can freeze the example's sequence length, see ../shared/environment.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models.model import PoolingModel
+
+INPUT_NAMES = ("embeddings", "attention_mask")
+OUTPUT_NAMES = ("pooled", "weights")
+# The example's sizes are deliberately unusual, so a frozen axis shows up at every other size.
+EXAMPLE_BATCH = 3
+EXAMPLE_TOKENS = 17
+
+
+class ExportWrapper(nn.Module):
+    """Returns the model's outputs as a plain tuple, the form the exporter names."""
+
+    def __init__(self, model: PoolingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeddings: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> pooled, weights."""
+        out = self.model(embeddings, attention_mask)
+        return out.pooled, out.weights
+
+
+def export_onnx(model: PoolingModel, path: str | Path) -> float:
+    """Write ``model`` as ONNX to ``path`` with dynamic batch and token axes.
+
+    The explicit attention path is used (it is what materialises the weights); the model's
+    own setting is restored afterwards. Returns the seconds the export took.
+    """
+    was_training, was_fused = model.training, model.encoder.fused
+    model.eval()
+    model.set_fused_attention(False)
+    dim = model.config.input_dim
+    example = (
+        torch.randn(EXAMPLE_BATCH, EXAMPLE_TOKENS, dim),
+        torch.ones(EXAMPLE_BATCH, EXAMPLE_TOKENS, dtype=torch.bool),
+    )
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    started = time.perf_counter()
+    # The exporter logs a warning for every torchvision op it cannot register; we use none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # The exporter warns about its own internals (tree specs, axis renaming).
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            program = torch.onnx.export(
+                ExportWrapper(model),
+                example,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={
+                    "embeddings": {0: batch, 1: tokens},
+                    "attention_mask": {0: batch, 1: tokens},
+                },
+                dynamo=True,
+                verbose=False,
+            )
+        assert program is not None
+        program.save(str(path))
+    finally:
+        model.set_fused_attention(was_fused)
+        model.train(was_training)
+    return time.perf_counter() - started

@@ -1,0 +1,202 @@
+"""Verify exported models: integrity, graph signature and ONNX Runtime against PyTorch.
+
+    python -m export.verify model_repository            # every model and version
+    python -m export.verify model_repository/NAME/1     # one version
+
+Per version: onnx.checker (full check); sha256 of model.onnx and of the source checkpoint
+against the manifest; inputs and outputs named, typed and with dynamic batch and token axes;
+Triton's config.pbtxt matching the manifest; ONNX Runtime against the PyTorch checkpoint on the
+parity cases of :mod:`export.parity` (max abs difference <= 1e-4); weights summing to 1 per
+head over real tokens and 0 on padding. Prints one line per check and exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES
+from export.parity import FP32_TOLERANCE, Case, CaseResult, compare, make_cases
+from export.repository import (
+    CHECKPOINT_DIR,
+    MANIFEST_FILE,
+    TRITON_CONFIG,
+    ModelVersion,
+    find_versions,
+    sha256_file,
+    triton_config,
+)
+from models.checkpoint import load_model
+from models.model import PoolingModel
+
+ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def cpu_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: ort.InferenceSession, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    pooled, weights = session.run(
+        list(OUTPUT_NAMES),
+        {"embeddings": case.embeddings, "attention_mask": case.attention_mask},
+    )
+    return pooled, weights
+
+
+@torch.no_grad()
+def run_torch(model: PoolingModel, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    out = model(torch.from_numpy(case.embeddings), torch.from_numpy(case.attention_mask))
+    return out.pooled.numpy(), out.weights.numpy()
+
+
+def min_real_tokens(model: PoolingModel) -> int:
+    """Rows are padded at the end: a token or indices query needs its tokens to be real."""
+    pooling = model.config.pooling
+    if pooling.method != "adapool":
+        return 1
+    if pooling.query == "token":
+        return pooling.query_index + 1
+    if pooling.query == "indices":
+        return max(pooling.query_indices) + 1
+    return 1
+
+
+def parity(session: ort.InferenceSession, model: PoolingModel) -> list[CaseResult]:
+    """ONNX Runtime against PyTorch (explicit attention path) on every parity case."""
+    model.eval()
+    model.set_fused_attention(False)
+    results = []
+    for case in make_cases(model.config.input_dim, min_real_tokens(model)):
+        try:
+            onnx_out = run_onnx(session, case)
+        except Exception as exc:  # ORT raises its own types; report which case failed and why
+            message = str(exc).splitlines()[0][:160]
+            print(f"  onnxruntime failed on {case.name}: {message}", file=sys.stderr)
+            results.append(CaseResult(case.name, case.embeddings.shape, *([np.inf] * 4)))
+            continue
+        results.append(compare(case, onnx_out, run_torch(model, case)))
+    return results
+
+
+def _signature(model: onnx.ModelProto) -> list[Check]:
+    checks = []
+    graph = model.graph
+    expected = {"embeddings": ("float32", 3), "attention_mask": ("bool", 2)}
+    expected |= {"pooled": ("float32", 2), "weights": ("float32", 3)}
+    values = {v.name: v for v in [*graph.input, *graph.output]}
+    names_ok = [i.name for i in graph.input] == list(INPUT_NAMES) and [
+        o.name for o in graph.output
+    ] == list(OUTPUT_NAMES)
+    checks.append(Check("input/output names", names_ok, str(list(values))))
+    for name, (dtype, rank) in expected.items():
+        if name not in values:
+            continue
+        tensor = values[name].type.tensor_type
+        dims = tensor.shape.dim
+        got = ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type))
+        ok = got == dtype and len(dims) == rank
+        checks.append(Check(f"{name} is {dtype} of rank {rank}", ok, f"{got}, rank {len(dims)}"))
+    # Dynamic axes: batch on every tensor, tokens on the inputs and the weights.
+    dynamic = {"embeddings": (0, 1), "attention_mask": (0, 1), "pooled": (0,), "weights": (0, 2)}
+    frozen = [
+        f"{name}[{axis}]={values[name].type.tensor_type.shape.dim[axis].dim_value}"
+        for name, axes in dynamic.items()
+        if name in values
+        for axis in axes
+        if axis < len(values[name].type.tensor_type.shape.dim)
+        and not values[name].type.tensor_type.shape.dim[axis].dim_param
+    ]
+    checks.append(Check("dynamic batch and token axes", not frozen, ", ".join(frozen) or "ok"))
+    return checks
+
+
+def verify_version(version: ModelVersion) -> list[Check]:
+    """Every check for one model version."""
+    checks: list[Check] = []
+    label = f"{version.name}/{version.version}"
+    if not (version.path / MANIFEST_FILE).exists():
+        return [Check("manifest.json present", False, f"{label} has no manifest.json")]
+    manifest = version.manifest()
+    try:
+        onnx.checker.check_model(str(version.model_file), full_check=True)
+        checks.append(Check("onnx.checker", True))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        checks.append(Check("onnx.checker", False, str(exc).splitlines()[0][:200]))
+    files = {"model.onnx": version.model_file} | {
+        f"{CHECKPOINT_DIR}/{p.name}": p for p in sorted(version.checkpoint_dir.glob("*"))
+    }
+    for rel, path in files.items():
+        expected = manifest["sha256"].get(rel)
+        actual = sha256_file(path)
+        detail = "" if expected == actual else f"manifest {expected}, file {actual}"
+        checks.append(Check(f"sha256 {rel}", expected == actual, detail))
+    missing = [rel for rel in manifest["sha256"] if rel not in files]
+    checks.append(Check("every file in the manifest exists", not missing, ", ".join(missing)))
+    checks.extend(_signature(onnx.load(str(version.model_file))))
+
+    config_path = version.path.parent / TRITON_CONFIG
+    same = config_path.exists() and config_path.read_text() == triton_config(version.name, manifest)
+    checks.append(Check("config.pbtxt matches the manifest", same, str(config_path)))
+
+    if not version.checkpoint_dir.exists():
+        checks.append(Check("source checkpoint present", False, "no checkpoint/ folder"))
+        return checks
+    model, _ = load_model(version.checkpoint_dir)
+    try:
+        session = cpu_session(version.model_file)
+    except Exception as exc:  # an unloadable graph is a failed check, not a crash
+        return [*checks, Check("onnxruntime loads the model", False, str(exc)[:200])]
+    for result in parity(session, model):
+        checks.append(
+            Check(
+                f"parity {result.name}",
+                result.ok(),
+                f"pooled {result.max_abs_diff_pooled:.2e}, weights "
+                f"{result.max_abs_diff_weights:.2e}, sum error {result.max_weight_sum_error:.1e}, "
+                f"on padding {result.max_weight_on_padding:.1e} (tolerance {FP32_TOLERANCE:g})",
+            )
+        )
+    return checks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__)
+    parser.add_argument("path", type=Path, help="a repository, a model folder or a version folder")
+    args = parser.parse_args(argv)
+    versions = find_versions(args.path)
+    if not versions:
+        print(f"error: no model versions under {args.path}", file=sys.stderr)
+        return 1
+    failed = 0
+    for version in versions:
+        checks = verify_version(version)
+        bad = [c for c in checks if not c.ok]
+        failed += bool(bad)
+        print(f"{'PASS' if not bad else 'FAIL'} {version.name}/{version.version} ({version.path})")
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            print(f"  {mark} {check.name}" + (f": {check.detail}" if check.detail else ""))
+    print(f"{len(versions) - failed} of {len(versions)} model versions passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
