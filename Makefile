@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce
+.PHONY: help setup setup-serve run test lint format lock clean reproduce models verify
 
 PRESET ?= cpu
 
@@ -39,6 +39,12 @@ test: setup  ## run every test
 
 reproduce: setup  ## the kNN-Centroid sweep: make reproduce PRESET=cpu (configs/sweep/<PRESET>.toml)
 	$(BIN)/python -m models.sweep --preset configs/sweep/$(PRESET).toml
+
+models: setup  ## train (or reuse the sweep's runs) and export the default models into model_repository/
+	$(BIN)/python -m export.defaults
+
+verify: setup  ## check every model in model_repository/ (integrity, signature, ONNX Runtime vs PyTorch)
+	$(BIN)/python -m export.verify model_repository
 
 lint: setup  ## ruff check, ruff format --check, mypy --strict
 	$(BIN)/ruff check .

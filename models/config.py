@@ -274,6 +274,14 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"'{path}' must be one of {allowed}, got {value!r}")
         return value
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{path}' must be a table, got {type(value).__name__}")
+        return {
+            _coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         (item_type, _ellipsis) = get_args(tp)
         if not isinstance(value, list | tuple):

@@ -96,23 +96,25 @@ def load_preset(path: str | Path) -> Preset:
     return from_dict(Preset, load_toml(path))
 
 
+def make_run(preset: Preset, method: str, k: int, seed: int, runs_root: Path) -> Run:
+    """One run of the preset: its base config with this method, k and seed."""
+    base = preset.base
+    config = RunConfig(
+        model=dataclasses.replace(base.model, pooling=METHODS[method]),
+        data=dataclasses.replace(base.data, k=k, seed=base.data.seed + seed),
+        train=dataclasses.replace(base.train, seed=seed, threads=preset.sweep.threads_per_worker),
+    )
+    return Run(method, k, seed, config, runs_root / f"{method}-k{k}-seed{seed}")
+
+
 def expand(preset: Preset, runs_root: Path) -> list[Run]:
     """Every (method, k, seed) of the preset as a run with its own config and directory."""
-    base = preset.base
-    runs = []
-    for seed in preset.sweep.seeds:
-        for k in preset.sweep.ks:
-            for method in preset.sweep.methods:
-                config = RunConfig(
-                    model=dataclasses.replace(base.model, pooling=METHODS[method]),
-                    data=dataclasses.replace(base.data, k=k, seed=base.data.seed + seed),
-                    train=dataclasses.replace(
-                        base.train, seed=seed, threads=preset.sweep.threads_per_worker
-                    ),
-                )
-                out = runs_root / f"{method}-k{k}-seed{seed}"
-                runs.append(Run(method, k, seed, config, out))
-    return runs
+    return [
+        make_run(preset, method, k, seed, runs_root)
+        for seed in preset.sweep.seeds
+        for k in preset.sweep.ks
+        for method in preset.sweep.methods
+    ]
 
 
 def _run_one(run: Run) -> tuple[str, float]:
