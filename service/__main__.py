@@ -1,0 +1,62 @@
+"""``python -m service``: run the service with uvicorn.
+
+Settings come from ``ADAPOOL_*`` environment variables; every setting also has a flag
+(``--max-batch-size 32``), which wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0])
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description or ''} (env ADAPOOL_{name.upper()})"
+        if name == "models":
+            parser.add_argument(flag, help=help_text + "; comma-separated")
+        else:
+            parser.add_argument(flag, help=help_text)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if "models" in given:
+        given["models"] = [m for m in given["models"].split(",") if m]
+    return given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings(**parse_args(argv))
+    except ValidationError as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("adapool.service").info(
+        "settings: %s", json.dumps(settings.model_dump(mode="json", exclude={"api_key"}))
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""ONNX Runtime backend: one session per model version, the provider actually in use, IO binding.
+
+``ADAPOOL_DEVICE``: ``auto`` asks for CUDA then CPU; ``cuda`` and ``tensorrt`` are required, and a
+session that fell back to CPU (ONNX Runtime does so silently when CUDA libraries are missing)
+is reported as a problem that keeps readiness at 503. The truth comes from
+``session.get_providers()`` after creation, never from ``get_available_providers()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+WANTED = {"auto": [CUDA, CPU], "cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU]}
+REQUIRED = {"cuda": CUDA, "tensorrt": TENSORRT}
+
+
+def choose_providers(device: str, available: list[str]) -> list[str]:
+    """The providers to ask for, in order, keeping only those this build of ORT has."""
+    wanted = WANTED[device]
+    chosen = [p for p in wanted if p in available]
+    return chosen or [CPU]
+
+
+class OnnxBackend:
+    """Runs one model.onnx: ``run(embeddings, attention_mask) -> (pooled, weights)``."""
+
+    def __init__(self, model_file: Path, device: str = "auto", intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        requested = choose_providers(device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(model_file), options, providers=requested)
+        self.providers: list[str] = self.session.get_providers()
+        self.provider = self.providers[0]
+        self.device = device
+        self.requested = requested
+        self.input_dim = int(self.session.get_inputs()[0].shape[2])
+        self._io_binding = self.provider in (CUDA, TENSORRT)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this backend must not count as ready, or None."""
+        required = REQUIRED.get(self.device)
+        if required and self.provider != required:
+            return (
+                f"device={self.device} requires {required}, but the session runs on "
+                f"{self.provider} (available: {', '.join(ort.get_available_providers())})"
+            )
+        return None
+
+    def run(
+        self, embeddings: NDArray[np.float32], attention_mask: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> pooled, weights."""
+        feeds = {"embeddings": embeddings, "attention_mask": attention_mask}
+        if not self._io_binding:
+            pooled, weights = self.session.run(["pooled", "weights"], feeds)
+            return pooled, weights
+        # On a GPU, bind inputs from host memory and outputs on the device, copying once.
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output("pooled", "cuda")
+        binding.bind_output("weights", "cuda")
+        self.session.run_with_iobinding(binding)
+        pooled, weights = binding.copy_outputs_to_cpu()
+        return pooled, weights
+
+    def warm_up(self) -> None:
+        """A real forward pass on one token (also what readiness re-runs)."""
+        x = np.zeros((1, 1, self.input_dim), dtype=np.float32)
+        pooled, weights = self.run(x, np.ones((1, 1), dtype=bool))
+        if not np.isfinite(pooled).all() or not np.allclose(weights.sum(-1), 1.0, atol=1e-4):
+            raise RuntimeError("warm-up produced non-finite pooled vectors or bad weights")

@@ -1,0 +1,249 @@
+"""Dynamic batching: queued requests are merged into one model run and split back exactly.
+
+:func:`select_batch` is the policy, a pure function of the queue and the clock (tested with an
+injected clock). :class:`Batcher` drives it on the event loop: a bounded queue (429 when full),
+a deadline per batch, the model run in a worker thread, and per-batch failure that fails exactly
+that batch's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import InferenceFailed, NotReady, Overloaded
+
+Outputs = tuple[NDArray[np.float32], NDArray[np.float32]]
+RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Outputs]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request ran; it was dropped."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int  # items per run
+    max_batch_tokens: int  # padded tokens per run: items x longest item
+    max_wait: float  # seconds the oldest request may wait for the batch to fill
+    max_queue: int  # queued requests
+
+
+@dataclass(eq=False)
+class Job:
+    """One request waiting for the model: its items, padded to its own longest item."""
+
+    embeddings: NDArray[np.float32]  # (b, n, D)
+    attention_mask: NDArray[np.bool_]  # (b, n)
+    enqueued: float
+    future: asyncio.Future[Outputs] = field(repr=False)
+    is_disconnected: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+
+    @property
+    def items(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+def select_batch(pending: list[Job], now: float, limits: BatchLimits) -> list[Job] | None:
+    """The next batch to run, or None to keep waiting.
+
+    The oldest job always goes first; others join by closeness of length (less padding) while
+    the batch stays within ``max_batch_size`` items and ``max_batch_tokens`` padded tokens. The
+    batch runs when it is full, when a waiting job no longer fits, or when the oldest job has
+    waited ``max_wait``.
+    """
+    if not pending:
+        return None
+    oldest = pending[0]
+    batch, items, longest = [oldest], oldest.items, oldest.length
+    left_out = False
+    for job in sorted(pending[1:], key=lambda j: abs(j.length - oldest.length)):
+        new_longest = max(longest, job.length)
+        if (
+            items + job.items <= limits.max_batch_size
+            and (items + job.items) * new_longest <= limits.max_batch_tokens
+        ):
+            batch.append(job)
+            items, longest = items + job.items, new_longest
+        else:
+            left_out = True
+    full = items >= limits.max_batch_size or items * longest >= limits.max_batch_tokens
+    if full or left_out or now - oldest.enqueued >= limits.max_wait:
+        return batch
+    return None
+
+
+def merge(batch: list[Job]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Stack the jobs' items into one zero-padded (B, N, D) array and its (B, N) mask."""
+    n = max(job.length for job in batch)
+    d = batch[0].embeddings.shape[2]
+    b = sum(job.items for job in batch)
+    embeddings = np.zeros((b, n, d), dtype=np.float32)
+    mask = np.zeros((b, n), dtype=bool)
+    row = 0
+    for job in batch:
+        embeddings[row : row + job.items, : job.length] = job.embeddings
+        mask[row : row + job.items, : job.length] = job.attention_mask
+        row += job.items
+    return embeddings, mask
+
+
+def split(batch: list[Job], outputs: Outputs) -> list[Outputs]:
+    """Each job's own rows of pooled (B, D) and weights (B, H, N), trimmed to its length."""
+    pooled, weights = outputs
+    results, row = [], 0
+    for job in batch:
+        rows = slice(row, row + job.items)
+        results.append((pooled[rows], weights[rows, :, : job.length]))
+        row += job.items
+    return results
+
+
+@dataclass
+class BatchStats:
+    """What one run looked like, for metrics."""
+
+    items: int
+    tokens: int  # padded
+    real_tokens: int
+    queue_seconds: list[float]
+
+
+class Batcher:
+    """Queues requests for one model version and runs them in merged batches."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        limits: BatchLimits,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[BatchStats, float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.limits = limits
+        self._clock = clock
+        self._on_batch = on_batch
+        self._on_drop = on_drop
+        self._pending: list[Job] = []
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Stop taking work; fail what is still queued; wait for the running batch."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(NotReady("the server is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    async def submit(
+        self,
+        embeddings: NDArray[np.float32],
+        attention_mask: NDArray[np.bool_],
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Outputs:
+        """Queue one request and wait for its outputs (pooled (b, D), weights (b, H, n))."""
+        if self._closed:
+            raise NotReady("the server is shutting down")
+        if len(self._pending) >= self.limits.max_queue:
+            if self._on_drop:
+                self._on_drop("queue_full")
+            raise Overloaded(
+                f"the queue is full ({self.limits.max_queue} requests); retry later",
+                {"queue": self.limits.max_queue},
+            )
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        job = Job(embeddings, attention_mask, self._clock(), future, is_disconnected)
+        self._pending.append(job)
+        self._wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = select_batch(self._pending, self._clock(), self.limits)
+            if batch is None:
+                self._wake.clear()
+                timeout = None
+                if self._pending:
+                    timeout = max(
+                        0.0, self._pending[0].enqueued + self.limits.max_wait - self._clock()
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            chosen = set(map(id, batch))
+            self._pending = [job for job in self._pending if id(job) not in chosen]
+            await self._execute(batch)
+
+    async def _live(self, batch: list[Job]) -> list[Job]:
+        """Drop jobs whose caller gave up or whose client disconnected."""
+        live = []
+        for job in batch:
+            gone = job.future.done() or (
+                job.is_disconnected is not None and await job.is_disconnected()
+            )
+            if gone:
+                if not job.future.done():
+                    job.future.set_exception(ClientGone())
+                if self._on_drop:
+                    self._on_drop("client_gone")
+            else:
+                live.append(job)
+        return live
+
+    async def _execute(self, batch: list[Job]) -> None:
+        batch = await self._live(batch)
+        if not batch:
+            return
+        started = self._clock()
+        embeddings, mask = merge(batch)
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, embeddings, mask)
+        except Exception as exc:  # a failed run fails this batch's requests, explicitly
+            error = InferenceFailed(
+                f"the model run failed: {type(exc).__name__}: {str(exc)[:200]}",
+                {"batch_items": int(mask.shape[0])},
+            )
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        seconds = self._clock() - started
+        if self._on_batch:
+            stats = BatchStats(
+                items=int(mask.shape[0]),
+                tokens=int(mask.size),
+                real_tokens=int(mask.sum()),
+                queue_seconds=[started - job.enqueued for job in batch],
+            )
+            self._on_batch(stats, seconds)
+        for job, result in zip(batch, split(batch, outputs), strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

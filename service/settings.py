@@ -1,0 +1,53 @@
+"""Service settings: environment variables ``ADAPOOL_*`` or the matching command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Built once (``Settings()``) and passed to ``create_app``."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAPOOL_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    model_repository: Path = Field(Path("model_repository"), description="Triton-style folder")
+    models: list[str] = Field(
+        default_factory=list, description="model names to serve (empty: every model found)"
+    )
+    default_model: str = Field("knn-adapool-ego", description="the model behind POST /pool")
+    device: Device = Field(
+        "auto", description="auto tries CUDA then CPU; cuda and tensorrt are required"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: all)")
+
+    max_body_bytes: int = Field(64 * 2**20, gt=0, description="largest request body accepted")
+    max_items_per_request: int = Field(256, gt=0, description="items (token sets) per request")
+    max_tokens_per_item: int = Field(8192, gt=0, description="tokens in one item")
+    max_tokens_per_request: int = Field(262_144, gt=0, description="padded tokens per request")
+
+    max_batch_size: int = Field(64, gt=0, description="items merged into one model run")
+    max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")
+    max_wait_ms: float = Field(2.0, ge=0, description="longest wait for a batch to fill")
+    max_queue_requests: int = Field(256, gt=0, description="queued requests per model before 429")
+    retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429")
+
+    top_k: int = Field(5, ge=0, description="default number of top tokens in diagnostics")
+    api_key: SecretStr | None = Field(None, description="if set, require Authorization: Bearer")
+    open_health_and_metrics: bool = Field(
+        True, description="health and metrics stay open when api_key is set"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_tokens_per_item > self.max_tokens_per_request:
+            raise ValueError("max_tokens_per_item must be <= max_tokens_per_request")
+        return self
