@@ -30,9 +30,8 @@ setup-serve: $(VENV)/.serve.stamp  ## install the serving environment (no torch)
 
 setup: $(VENV)/.dev.stamp  ## install everything: serving, training/export, tests and linters
 
-run: setup-serve  ## serve the committed models on localhost
-	@echo "The service is not built yet (issue #5): 'make run' only prepared .venv for serving." >&2
-	@exit 1
+run: setup-serve  ## serve the committed models on localhost:8000 (settings: ADAPOOL_* or ARGS="--port 9000")
+	$(BIN)/python -m service $(ARGS)
 
 test: setup  ## run every test
 	$(BIN)/pytest

@@ -258,7 +258,8 @@ def _decode_lists(data: dict[str, Any], limits: Limits) -> Batch:
     arrays = []
     for i, item in enumerate(items):
         try:
-            array = np.asarray(item, dtype=np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+                array = np.asarray(item, dtype=np.float32)
         except (ValueError, TypeError):
             raise invalid(
                 "embeddings", "tokens must be lists of numbers of one length", item=i

@@ -1,0 +1,150 @@
+"""The batching policy with an injected clock, and the batcher with a fake model run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, BatchLimits, Job, merge, select_batch, split
+from service.errors import InferenceFailed, Overloaded
+
+pytestmark = pytest.mark.anyio
+
+LIMITS = BatchLimits(max_batch_size=8, max_batch_tokens=400, max_wait=0.010, max_queue=4)
+
+
+def job(items: int, length: int, enqueued: float, dim: int = 2) -> Job:
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+    finally:
+        loop.close()
+    x = np.full((items, length, dim), float(length), dtype=np.float32)
+    return Job(x, np.ones((items, length), dtype=bool), enqueued, future)
+
+
+def test_waits_until_the_deadline_then_runs() -> None:
+    pending = [job(1, 10, enqueued=100.0)]
+    assert select_batch(pending, now=100.005, limits=LIMITS) is None
+    assert select_batch(pending, now=100.010, limits=LIMITS) == pending
+
+
+def test_runs_at_once_when_full() -> None:
+    pending = [job(4, 10, 100.0), job(4, 10, 100.001)]
+    assert select_batch(pending, now=100.001, limits=LIMITS) == pending
+
+
+def test_runs_at_once_when_the_token_budget_is_reached() -> None:
+    pending = [job(2, 100, 100.0), job(2, 100, 100.0)]  # 4 x 100 padded tokens = 400
+    assert select_batch(pending, now=100.0, limits=LIMITS) == pending
+
+
+def test_groups_similar_lengths_and_leaves_the_rest() -> None:
+    """Oldest first; then the closest lengths while the token budget allows (no waiting when a
+    job was left out: it starts the next batch)."""
+    a, b, c, d = job(2, 40, 1.0), job(2, 190, 1.1), job(2, 45, 1.2), job(2, 50, 1.3)
+    batch = select_batch([a, b, c, d], now=1.3, limits=LIMITS)
+    assert batch == [a, c, d]  # 6 items x 50 tokens = 300; adding b would need 8 x 190
+
+
+def test_an_oversized_job_runs_alone() -> None:
+    big = job(20, 50, 1.0)
+    assert select_batch([big, job(1, 5, 1.0)], now=1.0, limits=LIMITS) == [big]
+
+
+def test_merge_and_split_are_exact() -> None:
+    jobs = [job(2, 3, 0.0), job(1, 7, 0.0), job(3, 1, 0.0)]
+    x, mask = merge(jobs)
+    assert x.shape == (6, 7, 2) and mask.sum(1).tolist() == [3, 3, 7, 1, 1, 1]
+    assert (x[0, 3:] == 0).all() and (x[2] == 7).all()
+    pooled = np.arange(6, dtype=np.float32)[:, None].repeat(2, 1)
+    weights = np.ones((6, 1, 7), dtype=np.float32)
+    parts = split(jobs, (pooled, weights))
+    assert [p.shape for p, _ in parts] == [(2, 2), (1, 2), (3, 2)]
+    assert [w.shape for _, w in parts] == [(2, 1, 3), (1, 1, 7), (3, 1, 1)]
+    assert parts[2][0][:, 0].tolist() == [3, 4, 5]
+
+
+def fake_model(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pooled = masked mean; weights = uniform over real tokens; rows independent."""
+    w = mask / mask.sum(1, keepdims=True)
+    return (w[..., None] * x).sum(1).astype(np.float32), w[:, None, :].astype(np.float32)
+
+
+async def test_concurrent_requests_are_batched_and_split_back() -> None:
+    runs: list[int] = []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        runs.append(x.shape[0])
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(64, 10_000, 0.05, 100))
+    batcher.start()
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, n, 3)).astype(np.float32) for n in rng.integers(1, 30, 20)]
+    results = await asyncio.gather(
+        *(batcher.submit(x, np.ones(x.shape[:2], dtype=bool)) for x in inputs)
+    )
+    await batcher.close()
+    assert sum(runs) == 20 and len(runs) < 20  # merged into fewer runs
+    for x, (pooled, weights) in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(pooled[0], x[0].mean(0), rtol=1e-5, atol=1e-6)
+        assert weights.shape == (1, 1, x.shape[1])
+
+
+async def test_a_failed_run_fails_only_its_batch() -> None:
+    calls = 0
+
+    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 100))  # one request per run
+    batcher.start()
+    x = np.ones((1, 4, 2), dtype=np.float32)
+    first, second = await asyncio.gather(
+        batcher.submit(x, np.ones((1, 4), dtype=bool)),
+        batcher.submit(x, np.ones((1, 4), dtype=bool)),
+        return_exceptions=True,
+    )
+    await batcher.close()
+    assert isinstance(first, InferenceFailed) and "RuntimeError: boom" in first.message
+    assert isinstance(second, tuple) and second[0].shape == (1, 2)
+
+
+async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gate.wait(5)
+        ran.append(x.shape[0])
+        return fake_model(x, mask)
+
+    drops: list[str] = []
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 2), on_drop=drops.append)
+    batcher.start()
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+    running = asyncio.create_task(batcher.submit(x, mask))
+    await asyncio.sleep(0.05)  # the first request is now running (blocked on the gate)
+
+    async def gone() -> bool:
+        return True
+
+    queued = [asyncio.create_task(batcher.submit(x, mask, gone)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.submit(x, mask)
+    gate.set()
+    await running
+    results = await asyncio.gather(*queued, return_exceptions=True)
+    await batcher.close()
+    assert ran == [1]  # the two disconnected clients never reached the model
+    assert drops == ["queue_full", "client_gone", "client_gone"]
+    assert all(type(r).__name__ == "ClientGone" for r in results)

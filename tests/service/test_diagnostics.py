@@ -1,0 +1,69 @@
+"""Diagnostics maths on hand-made weights with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.metrics import SIGNAL_RULE as TRAINING_RULE
+from models.metrics import estimate_signal_set
+from service.diagnostics import SIGNAL_RULE, diagnose, signal_set
+
+
+def test_uniform_weights() -> None:
+    d = diagnose(np.full(8, 1 / 8), top_k=3)
+    assert d.entropy == pytest.approx(math.log(8))
+    assert d.normalized_entropy == pytest.approx(1.0)
+    assert d.effective_tokens == pytest.approx(8.0)
+    assert d.signal_tokens == [] and d.estimated_snr == 0.0 and d.noise_mass == pytest.approx(1.0)
+    assert [t for t, _ in d.top_tokens] == [0, 1, 2]  # ties: lowest index first
+
+
+def test_one_token_takes_everything() -> None:
+    w = np.zeros(10)
+    w[7] = 1.0
+    d = diagnose(w, top_k=2)
+    assert d.entropy == 0.0 and d.normalized_entropy == 0.0 and d.effective_tokens == 1.0
+    assert (d.max_token, d.max_weight) == (7, 1.0)
+    assert d.signal_tokens == [7] and d.estimated_snr == pytest.approx(0.1)
+    assert d.noise_mass == 0.0
+
+
+def test_signal_optimal_pool_on_k_of_n() -> None:
+    """Weight 1/k on k signal tokens: effective tokens = k, estimated SNR = k/n, no noise mass."""
+    n, signal = 16, [2, 5, 11, 12]
+    w = np.zeros(n)
+    w[signal] = 1 / len(signal)
+    d = diagnose(w, top_k=10)
+    assert d.effective_tokens == pytest.approx(4.0)
+    assert d.signal_tokens == signal and d.estimated_snr == pytest.approx(4 / 16)
+    assert d.noise_mass == pytest.approx(0.0)
+    assert len(d.top_tokens) == 10 and {t for t, _ in d.top_tokens[:4]} == set(signal)
+
+
+def test_partial_concentration() -> None:
+    w = np.array([0.5, 0.3, 0.1, 0.1])
+    d = diagnose(w, top_k=2)
+    expected = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 2 * 0.1 * math.log(0.1))
+    assert d.entropy == pytest.approx(expected)
+    assert d.normalized_entropy == pytest.approx(expected / math.log(4))
+    assert d.top_tokens == [(0, 0.5), (1, 0.3)]
+    assert d.signal_tokens == [0, 1] and d.noise_mass == pytest.approx(0.2)
+
+
+def test_single_token_item() -> None:
+    d = diagnose(np.array([1.0]), top_k=5)
+    assert d.normalized_entropy is None and d.effective_tokens == 1.0 and len(d.top_tokens) == 1
+    assert d.signal_tokens == []  # 1.0 is not above the uniform share 1/1
+
+
+def test_same_rule_as_training_metrics() -> None:
+    assert SIGNAL_RULE == TRAINING_RULE
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 17, 128):
+        w = rng.dirichlet(np.full(n, 0.3), size=20)
+        training = estimate_signal_set(w, np.ones((20, n), dtype=bool))
+        service = np.stack([signal_set(row) for row in w])
+        assert np.array_equal(training, service)
