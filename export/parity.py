@@ -62,15 +62,16 @@ def make_cases(input_dim: int, min_real: int = 1, seed: int = 0) -> list[Case]:
     def full(batch: int, tokens: int) -> NDArray[np.bool_]:
         return np.ones((batch, tokens), dtype=bool)
 
+    ragged = max(40, min_real + 1)
     cases = [
         Case("batch 2, tokens 1", x(2, 1), full(2, 1)) if min_real <= 1 else None,
         Case("batch 2, tokens 300", x(2, 300), full(2, 300)),
         Case("batch 1, tokens 128", x(1, 128), full(1, 128)),
         Case("batch 64, tokens 128", x(64, 128), full(64, 128)),
-        Case("ragged batch 8, tokens 40", x(8, 40), _ragged(rng, 8, 40, min_real)),
+        Case("ragged batch 8, tokens 40+", x(8, ragged), _ragged(rng, 8, ragged, min_real)),
     ]
     for fill in (1e6, np.inf, np.nan):
-        emb, mask = x(6, 50), _ragged(rng, 6, 50, min_real)
+        emb, mask = x(6, ragged + 10), _ragged(rng, 6, ragged + 10, min_real)
         emb[~mask] = fill
         cases.append(Case(f"padding filled with {fill}", emb, mask))
     return [c for c in cases if c is not None]

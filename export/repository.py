@@ -86,6 +86,8 @@ def find_versions(path: Path) -> list[ModelVersion]:
     """Every model version under ``path``: a repository, one model's folder or one version's."""
     path = Path(path)
     if (path / MODEL_FILE).exists():
+        if not path.name.isdigit():
+            raise RepositoryError(f"{path}: a version folder is named by an integer")
         return [ModelVersion(path.parent.name, int(path.name), path)]
     found = []
     for model_file in sorted(path.glob(f"*/{MODEL_FILE}")) + sorted(path.glob(f"*/*/{MODEL_FILE}")):

@@ -159,7 +159,10 @@ def verify_version(version: ModelVersion) -> list[Check]:
     if not version.checkpoint_dir.exists():
         checks.append(Check("source checkpoint present", False, "no checkpoint/ folder"))
         return checks
-    model, _ = load_model(version.checkpoint_dir)
+    try:
+        model, _ = load_model(version.checkpoint_dir)
+    except Exception as exc:  # a broken checkpoint is a failed check, not a crash
+        return [*checks, Check("source checkpoint loads", False, f"{type(exc).__name__}: {exc}")]
     try:
         session = cpu_session(version.model_file)
     except Exception as exc:  # an unloadable graph is a failed check, not a crash

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.app import create_app
 from service.settings import Settings
@@ -38,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**parse_args(argv))
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -35,6 +35,7 @@ from service.errors import (
     NotAcceptable,
     NotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
@@ -52,6 +53,7 @@ JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 RAW = "application/octet-stream"
+OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded in a worker thread
 
 
 @dataclass
@@ -69,8 +71,9 @@ class ServiceState:
             raise NotFound(
                 f"model {name!r} is not served", {"model": name, "models": sorted(self.models)}
             )
-        if version is None:
-            return versions[max(versions)]
+        if version is None:  # the newest version that loaded, else the newest
+            loaded = [v for v, mv in versions.items() if mv.error is None]
+            return versions[max(loaded or versions)]
         if version not in versions:
             raise NotFound(
                 f"model {name!r} has no version {version}",
@@ -226,7 +229,10 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         if exc.status_code == 404:
             mapped = NotFound(f"no route {request.method} {request.url.path}")
         elif exc.status_code == 405:
-            mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            mapped = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}",
+                headers=dict(exc.headers or {}),
+            )
         else:
             mapped = ServiceError(str(exc.detail))
             mapped.status, mapped.type = exc.status_code, "http_error"
@@ -243,16 +249,9 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
             ),
         )
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        rid = request_id_of(request)
-        log.exception("request %s: internal error", rid)
-        error = ServiceError("internal error; see the server log for this request id")
-        return orjson_response(error.body(rid), 500)
-
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, internal_error)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -320,7 +319,10 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
     started = time.perf_counter()
     try:
         body = await read_body(request, s.max_body_bytes)
-        batch, body_options = decode(request, body, s)
+        if len(body) > OFFLOAD_BYTES:  # parsing a large body would stall every other request
+            batch, body_options = await asyncio.to_thread(decode, request, body, s)
+        else:
+            batch, body_options = decode(request, body, s)
         options = codecs.parse_options(
             {k: v for k, v in request.query_params.items() if k != "lengths"},
             body_options,
@@ -340,6 +342,7 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
             f"token dim {batch.embeddings.shape[2]} does not match the model's input dim "
             f"{mv.input_dim}",
         )
+    _check_query_tokens(mv, batch)
     m.stage_duration.labels(mv.name, "decode").observe(time.perf_counter() - started)
 
     m.queue_depth.labels(mv.name).set(mv.batcher.depth + 1)
@@ -349,6 +352,9 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
         )
     except ClientGone:
         return Response(status_code=499)
+    except Overloaded as exc:
+        exc.headers["Retry-After"] = str(s.retry_after_seconds)
+        raise
     finally:
         m.queue_depth.labels(mv.name).set(mv.batcher.depth)
 
@@ -370,7 +376,7 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
     if options.return_weights == "mean":
         result["weights"] = [mean[i, :n] for i, n in enumerate(lengths)]
     elif options.return_weights == "heads":
-        result["weights"] = [weights[i, :, :n] for i, n in enumerate(lengths)]
+        result["weights"] = [np.ascontiguousarray(weights[i, :, :n]) for i, n in enumerate(lengths)]
     if options.diagnostics:
         t = time.perf_counter()
         result["diagnostics"] = _diagnostics(mv.name, mean, batch, options.top_k, m)
@@ -379,6 +385,21 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
     response = orjson_response(result, headers=headers)
     m.stage_duration.labels(mv.name, "encode").observe(time.perf_counter() - started)
     return response
+
+
+def _check_query_tokens(mv: ModelVersion, batch: codecs.Batch) -> None:
+    """A token or indices query needs its tokens real (the ONNX graph does not check)."""
+    pooling = mv.manifest["pooling"]
+    if pooling["method"] != "adapool" or pooling["query"] not in ("token", "indices"):
+        return
+    needed = [pooling["query_index"]] if pooling["query"] == "token" else pooling["query_indices"]
+    for i, n in enumerate(batch.lengths.tolist()):
+        if max(needed) >= n or not batch.attention_mask[i, needed].all():
+            raise invalid(
+                "embeddings",
+                f"this model's query token(s) {needed} must be real tokens of every item",
+                item=i,
+            )
 
 
 def _diagnostics(

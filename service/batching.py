@@ -150,17 +150,25 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:
-        """Stop taking work; fail what is still queued; wait for the running batch."""
+        """Stop taking work and fail what is still queued or running with 503.
+
+        The model run in progress (a worker thread) cannot be interrupted; its results are
+        discarded and the executor is shut down off the event loop.
+        """
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(NotReady("the server is shutting down"))
+        self._fail(self._pending, NotReady("the server is shutting down"))
         self._pending.clear()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
 
     async def submit(
         self,
@@ -218,6 +226,17 @@ class Batcher:
         return live
 
     async def _execute(self, batch: list[Job]) -> None:
+        """Run one batch. Whatever happens, every job of the batch ends resolved: a failure
+        anywhere (merge, the run, split, metrics) fails exactly this batch's requests."""
+        try:
+            await self._execute_unguarded(batch)
+        except asyncio.CancelledError:
+            self._fail(batch, NotReady("the server is shutting down"))
+            raise
+        except Exception as exc:
+            self._fail(batch, InferenceFailed(f"batch failed: {type(exc).__name__}: {exc}"[:300]))
+
+    async def _execute_unguarded(self, batch: list[Job]) -> None:
         batch = await self._live(batch)
         if not batch:
             return
@@ -231,9 +250,7 @@ class Batcher:
                 f"the model run failed: {type(exc).__name__}: {str(exc)[:200]}",
                 {"batch_items": int(mask.shape[0])},
             )
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            self._fail(batch, error)
             return
         seconds = self._clock() - started
         if self._on_batch:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
 from typing import Any
 
-from starlette.requests import Request
+import orjson
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
+log = logging.getLogger("adapool.service")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -56,6 +59,34 @@ class RequestContext:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            pass  # the client left mid-upload: nothing to answer; counted as 499 below
+        except Exception:
+            # A bug: answer with the one JSON error body (and the request id), log the trace.
+            log.exception("request %s: internal error", rid)
+            if not first:
+                raise
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "type": "internal_error",
+                        "detail": {},
+                        "message": "internal error; see the server log for this request id",
+                    },
+                    "request_id": rid,
+                }
+            )
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             self.metrics.in_flight.dec()
             if first:  # no response was started (the client left): still count it

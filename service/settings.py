@@ -29,9 +29,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: all)")
 
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="largest request body accepted")
-    max_items_per_request: int = Field(256, gt=0, description="items (token sets) per request")
-    max_tokens_per_item: int = Field(8192, gt=0, description="tokens in one item")
-    max_tokens_per_request: int = Field(262_144, gt=0, description="padded tokens per request")
+    max_items_per_request: int = Field(64, gt=0, description="items (token sets) per request")
+    max_tokens_per_item: int = Field(2048, gt=0, description="tokens in one item")
+    max_tokens_per_request: int = Field(32_768, gt=0, description="padded tokens per request")
 
     max_batch_size: int = Field(64, gt=0, description="items merged into one model run")
     max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")
@@ -44,10 +44,15 @@ class Settings(BaseSettings):
     open_health_and_metrics: bool = Field(
         True, description="health and metrics stay open when api_key is set"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_tokens_per_item > self.max_tokens_per_request:
             raise ValueError("max_tokens_per_item must be <= max_tokens_per_request")
+        # One request always fits one model run, so the batch limits bound memory per run.
+        if self.max_items_per_request > self.max_batch_size:
+            raise ValueError("max_items_per_request must be <= max_batch_size")
+        if self.max_tokens_per_request > self.max_batch_tokens:
+            raise ValueError("max_tokens_per_request must be <= max_batch_tokens")
         return self
