@@ -1,0 +1,140 @@
+"""The app in process (httpx ASGITransport + lifespan): readiness, auth, settings, imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from pydantic import ValidationError
+
+from service.__main__ import parse_args
+from service.app import create_app
+from service.settings import Settings
+from tests.service.server import REPOSITORY
+
+pytestmark = pytest.mark.anyio
+BODY = {"embeddings": [[[0.1] * 16] * 4]}
+
+
+@asynccontextmanager
+async def client(**settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(model_repository=REPOSITORY, **settings))  # type: ignore[arg-type]
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+    ):
+        yield c
+
+
+async def test_required_cuda_on_a_cpu_machine_is_not_ready() -> None:
+    """ONNX Runtime falls back to CPU without raising; readiness must say so, not pretend."""
+    async with client(device="cuda") as c:
+        r = await c.get("/health/ready")
+        assert r.status_code == 503
+        problem = r.json()["problems"][0]
+        assert "requires CUDAExecutionProvider" in problem and "CPUExecutionProvider" in problem
+        assert (await c.get("/health/live")).status_code == 200
+        info = (await c.get("/info")).json()
+        assert info["device"] == "cuda" and all(
+            p == ["CPUExecutionProvider"] for p in info["providers_in_use"].values()
+        )
+
+
+async def test_auto_device_is_ready_on_cpu() -> None:
+    async with client(device="auto") as c:
+        assert (await c.get("/health/ready")).json() == {"status": "ready"}
+
+
+async def test_api_key() -> None:
+    async with client(api_key="s3cret") as c:
+        r = await c.post("/pool", json=BODY)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+        wrong = await c.post("/pool", json=BODY, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = await c.post("/pool", json=BODY, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert (await c.get("/health/ready")).status_code == 200  # open by default
+        assert (await c.get("/metrics")).status_code == 200
+        assert (await c.get("/models")).status_code == 401
+    async with client(api_key="s3cret", open_health_and_metrics=False) as c:
+        assert (await c.get("/metrics")).status_code == 401
+
+
+async def test_request_id_is_echoed_or_made() -> None:
+    async with client() as c:
+        r = await c.post("/pool", json=BODY, headers={"X-Request-Id": "abc-123"})
+        assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
+        r = await c.post("/pool", json=BODY, headers={"X-Request-Id": "bad id\\nwith junk"})
+        assert len(r.headers["x-request-id"]) == 32
+
+
+async def test_unknown_default_model_fails_startup() -> None:
+    app = create_app(Settings(model_repository=REPOSITORY, default_model="missing"))
+    with pytest.raises(RuntimeError, match="default model 'missing'"):
+        async with LifespanManager(app):
+            pass
+
+
+def test_settings_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAPOOL_MAX_BATCH_SIZE", "70")
+    monkeypatch.setenv("ADAPOOL_MODELS", '["a", "b"]')
+    assert Settings().max_batch_size == 70 and Settings().models == ["a", "b"]
+    flags = parse_args(
+        [
+            "--max-batch-size",
+            "9",
+            "--max-items-per-request",
+            "9",
+            "--models",
+            "x,y",
+            "--device",
+            "cpu",
+        ]
+    )
+    s = Settings(**flags)
+    assert (s.max_batch_size, s.models, s.device) == (9, ["x", "y"], "cpu")
+    with pytest.raises(ValidationError, match="max_items_per_request must be <= max_batch_size"):
+        Settings(max_batch_size=4)
+    with pytest.raises(ValidationError):
+        Settings(device="gpu")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        Settings(max_batchsize=3)  # type: ignore[call-arg]
+
+
+def test_importing_the_service_does_not_import_torch() -> None:
+    code = (
+        "import sys, service.app, service.__main__\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'export'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_full_queue_answers_429_with_retry_after() -> None:
+    """A queue of one request and a long batch wait: the second concurrent request is refused."""
+    import asyncio
+
+    async with client(max_queue_requests=1, max_wait_ms=300, retry_after_seconds=3) as c:
+        first = asyncio.create_task(c.post("/pool", json=BODY))
+        await asyncio.sleep(0.1)  # the first request now waits in the queue for its batch
+        second = await c.post("/pool", json=BODY)
+        assert second.status_code == 429 and second.headers["retry-after"] == "3"
+        assert second.json()["error"]["type"] == "overloaded"
+        assert (await first).status_code == 200
+        metrics = (await c.get("/metrics")).text
+        assert (
+            'adapool_rejected_requests_total{model="knn-adapool-ego",reason="queue_full"} 1.0'
+            in metrics
+        )
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPOSITORY.parent / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`ADAPOOL_{n.upper()}`" not in readme]
+    assert not missing, missing
