@@ -110,9 +110,10 @@ def test_frozen_sequence_length_fails_verification(
     assert "ok   sha256 model.onnx" in out
 
 
-def test_plain_onnxruntime_matches_pytorch_on_knn_data(repository: Path, tmp_path: Path) -> None:
-    """A client with only onnxruntime and numpy (no project code) gets PyTorch's results."""
-    version = repository / "adapool-ego" / "1"
+def test_plain_onnxruntime_matches_pytorch_on_knn_data(tmp_path: Path) -> None:
+    """The committed default model, loaded by a client with only onnxruntime and numpy (no
+    project code), gives its PyTorch checkpoint's results on held-out kNN-Centroid data."""
+    version = Path(__file__).parents[2] / "model_repository" / "knn-adapool-ego" / "1"
     data = generate(200, 8, seed=2024)
     np.save(tmp_path / "x.npy", data.x)
     script = (
