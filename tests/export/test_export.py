@@ -80,7 +80,7 @@ def test_tampered_model_fails_verification(
     assert "FAIL avg/1" in out and "FAIL sha256 model.onnx: manifest" in out
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_frozen_sequence_length_fails_verification(
     repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
