@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -289,8 +290,6 @@ def write_results(
     runs: Sequence[RunRef], base: RunConfig, results: Path, provenance: dict[str, Any]
 ) -> None:
     """Write every results file for finished ``runs`` into ``results``."""
-    import time
-
     results.mkdir(parents=True, exist_ok=True)
     rows = load_runs(runs)
     summary = summarise(rows)

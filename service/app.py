@@ -308,7 +308,7 @@ def negotiate(request: Request) -> str:
 
 async def pool(request: Request, state: ServiceState, name: str, version: int | None) -> Response:
     """Decode, queue for the batched model run, add diagnostics, encode."""
-    if state.problems() and not state.loaded:
+    if not state.loaded:
         raise NotReady("models are loading")
     mv = state.resolve(name, version)
     request.state.model = mv.name

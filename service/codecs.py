@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, invalid
+from service.errors import BadRequest, PayloadTooLarge, invalid
 
 DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 WeightsMode = Literal["none", "mean", "heads"]
@@ -336,7 +336,6 @@ def encode_npz(arrays: dict[str, NDArray[Any]]) -> bytes:
 
 __all__ = [
     "Batch",
-    "InvalidInput",
     "Limits",
     "Options",
     "decode_json",
