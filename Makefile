@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce models verify
+.PHONY: help setup setup-serve run test lint format lock clean reproduce models verify bench
 
 PRESET ?= cpu
 
@@ -42,13 +42,16 @@ reproduce: setup  ## the kNN-Centroid sweep: make reproduce PRESET=cpu (configs/
 models: setup  ## train (or reuse the sweep's runs) and export the default models into model_repository/
 	$(BIN)/python -m export.defaults
 
+bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
+	$(BIN)/python -m bench.serve $(ARGS)
+
 verify: setup  ## check every model in model_repository/ (integrity, signature, ONNX Runtime vs PyTorch)
 	$(BIN)/python -m export.verify model_repository
 
 lint: setup  ## ruff check, ruff format --check, mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models export service
+	$(BIN)/mypy models export service bench
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

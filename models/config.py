@@ -148,7 +148,9 @@ class DataConfig:
     """The training data: a kNN-Centroid task and its split sizes.
 
     Attributes:
-        task: the benchmark (only ``knn_centroid`` so far).
+        task: the benchmark: ``knn_centroid``, or ``none`` for a run that is only its seeded
+            random initialisation (benchmarks and profiling of shapes no task has, such as
+            ``make bench``'s 384-dimensional model); ``models.train`` refuses ``none``.
         k: signal tokens per sample (SNR = k / num_vectors; k = num_vectors means all others).
         num_vectors: tokens per sample, N.
         dim: token dimension, D (must equal ``model.input_dim``).
@@ -157,7 +159,7 @@ class DataConfig:
         seed: the data seed.
     """
 
-    task: Literal["knn_centroid"] = "knn_centroid"
+    task: Literal["knn_centroid", "none"] = "knn_centroid"
     k: int = 8
     num_vectors: int = 128
     dim: int = 16
@@ -169,7 +171,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.num_vectors >= 2, "data.num_vectors must be >= 2")
         require(1 <= self.k <= self.num_vectors, f"data.k must be in [1, {self.num_vectors}]")
-        require(1 <= self.dim <= 18, "data.dim must be in [1, 18]")
+        if self.task == "knn_centroid":  # the generator draws 18 columns and keeps `dim`
+            require(1 <= self.dim <= 18, "data.dim must be in [1, 18] for knn_centroid")
+        require(self.dim >= 1, "data.dim must be >= 1")
         require(self.num_train > 0, "data.num_train must be > 0")
         require(self.num_val > 0, "data.num_val must be > 0")
         require(self.num_test > 0, "data.num_test must be > 0")

@@ -31,6 +31,7 @@ from models.config import (
     DataConfig,
     RunConfig,
     load_run_config,
+    require,
 )
 from models.data import knn_centroid
 from models.data.knn_centroid import Dataset
@@ -47,6 +48,7 @@ def derive_seed(*parts: int) -> int:
 
 def make_data(config: DataConfig) -> dict[str, Dataset]:
     """Generate the train, val and test splits; each split has its own derived seed."""
+    require(config.task == "knn_centroid", f"data.task={config.task!r} has no data to train on")
     sizes = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
     return {
         split: knn_centroid.generate(

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import codecs
 from service.backend import OnnxBackend
 from service.batching import Batcher, BatchLimits, BatchStats, ClientGone
-from service.diagnostics import SIGNAL_RULE, diagnose
+from service.diagnostics import SIGNAL_RULE, diagnose_batch
 from service.errors import (
     InvalidInput,
     MethodNotAllowed,
@@ -97,7 +97,7 @@ class ServiceState:
         return out
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
@@ -105,7 +105,7 @@ def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-def require_key(request: Request, state: State) -> None:
+async def require_key(request: Request, state: State) -> None:
     """Authorization: Bearer <api_key>, compared in constant time (when a key is set)."""
     key = state.settings.api_key
     if key is None:
@@ -118,9 +118,9 @@ def require_key(request: Request, state: State) -> None:
         raise Unauthorized("missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_key_unless_open(request: Request, state: State) -> None:
+async def require_key_unless_open(request: Request, state: State) -> None:
     if not state.settings.open_health_and_metrics:
-        require_key(request, state)
+        await require_key(request, state)
 
 
 def orjson_response(
@@ -136,7 +136,9 @@ def _load(state: ServiceState) -> None:
     for versions in state.models.values():
         for mv in versions.values():
             try:
-                mv.backend = OnnxBackend(mv.path / "model.onnx", s.device, s.intra_op_threads)
+                mv.backend = OnnxBackend(
+                    mv.path / "model.onnx", s.device, s.intra_op_threads, s.thread_spinning
+                )
                 mv.backend.warm_up()
             except Exception as exc:  # a broken model is reported by readiness, not fatal
                 mv.error = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -377,13 +379,16 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
         result["weights"] = [mean[i, :n] for i, n in enumerate(lengths)]
     elif options.return_weights == "heads":
         result["weights"] = [np.ascontiguousarray(weights[i, :, :n]) for i, n in enumerate(lengths)]
+    diagnostics_seconds = 0.0
     if options.diagnostics:
         t = time.perf_counter()
         result["diagnostics"] = _diagnostics(mv.name, mean, batch, options.top_k, m)
-        m.stage_duration.labels(mv.name, "diagnostics").observe(time.perf_counter() - t)
+        diagnostics_seconds = time.perf_counter() - t
+        m.stage_duration.labels(mv.name, "diagnostics").observe(diagnostics_seconds)
     result["request_id"] = request_id_of(request)
     response = orjson_response(result, headers=headers)
-    m.stage_duration.labels(mv.name, "encode").observe(time.perf_counter() - started)
+    encode_seconds = time.perf_counter() - started - diagnostics_seconds
+    m.stage_duration.labels(mv.name, "encode").observe(encode_seconds)
     return response
 
 
@@ -405,20 +410,14 @@ def _check_query_tokens(mv: ModelVersion, batch: codecs.Batch) -> None:
 def _diagnostics(
     name: str, mean: np.ndarray, batch: codecs.Batch, top_k: int, m: Metrics
 ) -> list[dict[str, Any]]:
-    out = []
-    for i, n in enumerate(batch.lengths.tolist()):
-        real = np.flatnonzero(batch.attention_mask[i, :n])
-        d = diagnose(mean[i, real], top_k)
-        item = d.as_dict()
-        # Token indices refer to the item's positions (they differ when a mask hides tokens).
-        item["max_token"] = int(real[d.max_token])
-        item["top_tokens"] = [{"token": int(real[t]), "weight": w} for t, w in d.top_tokens]
-        item["signal_tokens"] = real[d.signal_tokens].tolist()
-        out.append(item)
-        if d.normalized_entropy is not None:
-            m.entropy.labels(name).observe(d.normalized_entropy)
-        m.effective_tokens.labels(name).observe(d.effective_tokens)
-        m.estimated_snr.labels(name).observe(d.estimated_snr)
+    out = diagnose_batch(mean, batch.attention_mask, top_k)
+    entropy, effective = m.entropy.labels(name), m.effective_tokens.labels(name)
+    snr = m.estimated_snr.labels(name)
+    for item in out:
+        if item["normalized_entropy"] is not None:
+            entropy.observe(item["normalized_entropy"])
+        effective.observe(item["effective_tokens"])
+        snr.observe(item["estimated_snr"])
     return out
 
 

@@ -44,18 +44,57 @@ class Diagnostics:
     estimated_snr: float
     noise_mass: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "entropy": self.entropy,
-            "normalized_entropy": self.normalized_entropy,
-            "effective_tokens": self.effective_tokens,
-            "max_weight": self.max_weight,
-            "max_token": self.max_token,
-            "top_tokens": [{"token": t, "weight": w} for t, w in self.top_tokens],
-            "signal_tokens": self.signal_tokens,
-            "estimated_snr": self.estimated_snr,
-            "noise_mass": self.noise_mass,
-        }
+
+def diagnose_batch(
+    weights: NDArray[np.floating], mask: NDArray[np.bool_], top_k: int
+) -> list[dict[str, Any]]:
+    """Diagnostics of every item of a batch, vectorised over the batch (the service's path).
+
+    Args:
+        weights: (B, N) head-mean pooling weights; each row's real tokens sum to 1.
+        mask: (B, N) True on real tokens (every row has at least one).
+        top_k: how many top tokens to list per item (fewer if it has fewer real tokens).
+
+    Returns one JSON-ready dict per item. Token indices are positions in the item (a token
+    hidden by the mask is never listed), so they stay right when a mask has holes.
+    """
+    w = np.where(mask, np.asarray(weights, dtype=np.float64), 0.0)
+    n = mask.sum(axis=1)
+    logs = np.log(np.where(w > 0, w, 1.0))  # 0 ln 0 = 0
+    entropy = -(w * logs).sum(axis=1)
+    normalized = entropy / np.log(np.maximum(n, 2))
+    signal = mask & (w > 1.0 / n[:, None])
+    noise_mass = np.where(signal, 0.0, w).sum(axis=1)
+    snr = signal.sum(axis=1) / n
+    keep = min(top_k, w.shape[1]) if top_k > 0 else 1  # the max token is always computed
+    # Masked tokens sort last; among equal weights the lower index comes first (stable sort).
+    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")[:, :keep]
+    top_weights = np.take_along_axis(w, order, axis=1)
+    out = []
+    for i, (count, ent, norm, eff) in enumerate(
+        zip(
+            n.tolist(), entropy.tolist(), normalized.tolist(), np.exp(entropy).tolist(), strict=True
+        )
+    ):
+        tokens, values = order[i].tolist(), top_weights[i].tolist()
+        shown = min(top_k, count)
+        out.append(
+            {
+                "entropy": ent,
+                "normalized_entropy": norm if count > 1 else None,
+                "effective_tokens": eff,
+                "max_weight": values[0],
+                "max_token": tokens[0],
+                "top_tokens": [
+                    {"token": t, "weight": v}
+                    for t, v in zip(tokens[:shown], values[:shown], strict=True)
+                ],
+                "signal_tokens": np.flatnonzero(signal[i]).tolist(),
+                "estimated_snr": float(snr[i]),
+                "noise_mass": float(noise_mass[i]),
+            }
+        )
+    return out
 
 
 def diagnose(weights: NDArray[np.floating], top_k: int) -> Diagnostics:
@@ -65,21 +104,16 @@ def diagnose(weights: NDArray[np.floating], top_k: int) -> Diagnostics:
         weights: (n,) head-mean pooling weights over the item's real tokens, summing to 1.
         top_k: how many top tokens to list (fewer if n is smaller).
     """
-    w = np.asarray(weights, dtype=np.float64)
-    n = len(w)
-    positive = w[w > 0]
-    entropy = float(-(positive * np.log(positive)).sum())
-    signal = signal_set(w)
-    order = np.argsort(-w, kind="stable")[: min(top_k, n)]
-    top = int(order[0]) if len(order) else int(np.argmax(w))
+    w = np.asarray(weights, dtype=np.float64)[None, :]
+    d = diagnose_batch(w, np.ones(w.shape, dtype=bool), top_k)[0]
     return Diagnostics(
-        entropy=entropy,
-        normalized_entropy=entropy / float(np.log(n)) if n > 1 else None,
-        effective_tokens=float(np.exp(entropy)),
-        max_weight=float(w[top]),
-        max_token=top,
-        top_tokens=[(int(i), float(w[i])) for i in order],
-        signal_tokens=np.flatnonzero(signal).tolist(),
-        estimated_snr=float(signal.sum() / n),
-        noise_mass=float(w[~signal].sum()),
+        entropy=d["entropy"],
+        normalized_entropy=d["normalized_entropy"],
+        effective_tokens=d["effective_tokens"],
+        max_weight=d["max_weight"],
+        max_token=d["max_token"],
+        top_tokens=[(t["token"], t["weight"]) for t in d["top_tokens"]],
+        signal_tokens=d["signal_tokens"],
+        estimated_snr=d["estimated_snr"],
+        noise_mass=d["noise_mass"],
     )

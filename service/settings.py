@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         "auto", description="auto tries CUDA then CPU; cuda and tensorrt are required"
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: all)")
+    thread_spinning: bool = Field(
+        False, description="let idle ONNX Runtime threads spin (only on cores of their own)"
+    )
 
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="largest request body accepted")
     max_items_per_request: int = Field(64, gt=0, description="items (token sets) per request")
@@ -35,7 +38,9 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(64, gt=0, description="items merged into one model run")
     max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")
-    max_wait_ms: float = Field(2.0, ge=0, description="longest wait for a batch to fill")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for a batch to fill (0: batch what queued meanwhile)"
+    )
     max_queue_requests: int = Field(256, gt=0, description="queued requests per model before 429")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429")
 
@@ -56,3 +61,16 @@ class Settings(BaseSettings):
         if self.max_tokens_per_request > self.max_batch_tokens:
             raise ValueError("max_tokens_per_request must be <= max_batch_tokens")
         return self
+
+
+def settings_table() -> str:
+    """The README's settings table, from the fields themselves (a test keeps the README equal)."""
+    rows = ["| variable / flag | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "(none)" if default is None else str(default)
+        if name == "max_body_bytes":
+            shown += f" ({default // 2**20} MiB)"
+        flag = "--" + name.replace("_", "-")
+        rows.append(f"| `ADAPOOL_{name.upper()}` / `{flag}` | `{shown}` | {info.description} |")
+    return "\n".join(rows) + "\n"

@@ -15,8 +15,10 @@ from models import (
     load_run_config,
     to_dict,
 )
+from models.train import make_data
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("knn_centroid_*.toml"))
+ROOT = Path(__file__).parents[2]
+CONFIGS = sorted([*ROOT.glob("configs/knn_centroid_*.toml"), *ROOT.glob("configs/bench/*.toml")])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -103,6 +105,16 @@ def test_run_config_checks_dims_agree() -> None:
         from_dict(
             RunConfig, {"model": {"input_dim": 8, "dim": 8, "num_heads": 4}, "data": {"dim": 16}}
         )
+
+
+def test_knn_centroid_dims_are_bounded_but_an_untrained_run_is_not() -> None:
+    with pytest.raises(ConfigError, match=r"data\.dim must be in \[1, 18\] for knn_centroid"):
+        from_dict(RunConfig, {"model": {"input_dim": 384, "dim": 384}, "data": {"dim": 384}})
+    config = from_dict(
+        RunConfig, {"model": {"input_dim": 384, "dim": 384}, "data": {"task": "none", "dim": 384}}
+    )
+    with pytest.raises(ConfigError, match="has no data to train on"):
+        make_data(config.data)
 
 
 def test_round_trip_through_a_dict() -> None:

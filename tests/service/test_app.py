@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.__main__ import parse_args
 from service.app import create_app
-from service.settings import Settings
+from service.settings import Settings, settings_table
 from tests.service.server import REPOSITORY
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +135,9 @@ async def test_full_queue_answers_429_with_retry_after() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
+    """The README's table is settings_table() verbatim: names, defaults and meanings."""
     readme = (REPOSITORY.parent / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`ADAPOOL_{n.upper()}`" not in readme]
     assert not missing, missing
+    hint = "paste service.settings.settings_table() into the README"
+    assert settings_table() in readme, hint

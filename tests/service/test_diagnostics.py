@@ -9,7 +9,7 @@ import pytest
 
 from models.metrics import SIGNAL_RULE as TRAINING_RULE
 from models.metrics import estimate_signal_set
-from service.diagnostics import SIGNAL_RULE, diagnose, signal_set
+from service.diagnostics import SIGNAL_RULE, diagnose, diagnose_batch, signal_set
 
 
 def test_uniform_weights() -> None:
@@ -67,3 +67,32 @@ def test_same_rule_as_training_metrics() -> None:
         training = estimate_signal_set(w, np.ones((20, n), dtype=bool))
         service = np.stack([signal_set(row) for row in w])
         assert np.array_equal(training, service)
+
+
+def test_batch_matches_items_alone_with_padding_and_mask_holes() -> None:
+    """The vectorised batch path gives each item what its real tokens alone give, with token
+    indices mapped back to the item's positions."""
+    rng = np.random.default_rng(1)
+    B, N = 12, 40
+    mask = rng.random((B, N)) < 0.7
+    mask[:, 0] = True
+    mask[3] = False
+    mask[3, 5] = True  # one real token
+    mask[4, 30:] = False  # padding at the end
+    weights = np.where(mask, rng.dirichlet(np.full(N, 0.4), size=B), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights = np.where(mask, weights, 0.7)  # junk on masked tokens must change nothing
+    batch = diagnose_batch(weights, mask, top_k=6)
+    for i in range(B):
+        real = np.flatnonzero(mask[i])
+        alone = diagnose(weights[i, real], top_k=6)
+        got = batch[i]
+        assert got["entropy"] == pytest.approx(alone.entropy)
+        assert got["normalized_entropy"] == pytest.approx(alone.normalized_entropy)
+        assert got["effective_tokens"] == pytest.approx(alone.effective_tokens)
+        assert got["max_token"] == real[alone.max_token]
+        assert [t["token"] for t in got["top_tokens"]] == [real[t] for t, _ in alone.top_tokens]
+        assert got["signal_tokens"] == real[alone.signal_tokens].tolist()
+        assert got["estimated_snr"] == pytest.approx(alone.estimated_snr)
+        assert got["noise_mass"] == pytest.approx(alone.noise_mass)
+    assert batch[3]["normalized_entropy"] is None and len(batch[3]["top_tokens"]) == 1
