@@ -41,8 +41,14 @@ def test_targets_are_ratios_of_measured_figures() -> None:
         "raw_onnxruntime": {"knn-wide384": {"8": {"items_per_second": 200.0}}},
         "serve": {
             "knn-wide384": {
-                "npy": {"1": {"items_per_second": 90.0}, "32": {"items_per_second": 150.0}},
-                "json": {"1": {"items_per_second": 10.0}, "32": {"items_per_second": 20.0}},
+                "npy": {
+                    "1": {"items_per_second": 90.0, "p50_ms": 1.0},
+                    "32": {"items_per_second": 150.0, "p50_ms": 2.0},
+                },
+                "json": {
+                    "1": {"items_per_second": 10.0, "p50_ms": 9.0},
+                    "32": {"items_per_second": 20.0, "p50_ms": 30.0},
+                },
             }
         },
         "batching": {"m": {"batched": {"items_per_second": 300.0}, "unbatched": cell}},
@@ -50,6 +56,7 @@ def test_targets_are_ratios_of_measured_figures() -> None:
     got = [(round(t["ratio"], 2), t["met"]) for t in targets(results)]
     # npy vs raw ORT at c=32; npy vs JSON at c=1 and c=32; batched vs unbatched
     assert got == [(0.75, True), (9.0, False), (7.5, False), (3.0, True)]
+    assert "200 items/s" in targets(results)[0]["context"]
 
 
 needs_hey = pytest.mark.skipif(
