@@ -143,6 +143,7 @@ def _load(state: ServiceState) -> None:
             except Exception as exc:  # a broken model is reported by readiness, not fatal
                 mv.error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log.error("model %s/%s failed to load: %s", mv.name, mv.version, mv.error)
+                state.metrics.model_ready.labels(mv.name, str(mv.version)).set(0)
                 continue
             provider = mv.backend.provider
             state.metrics.model_info.labels(mv.name, str(mv.version), provider).set(1)
@@ -310,13 +311,15 @@ def negotiate(request: Request) -> str:
 
 async def pool(request: Request, state: ServiceState, name: str, version: int | None) -> Response:
     """Decode, queue for the batched model run, add diagnostics, encode."""
+    m, s = state.metrics, state.settings
     if not state.loaded:
+        m.rejected.labels(name, "not_ready").inc()
         raise NotReady("models are loading")
     mv = state.resolve(name, version)
     request.state.model = mv.name
     if mv.batcher is None or mv.error:
+        m.rejected.labels(mv.name, "not_ready").inc()
         raise NotReady(f"model {mv.name}/{mv.version} is not loaded: {mv.error}")
-    m, s = state.metrics, state.settings
     media = negotiate(request)
     started = time.perf_counter()
     try:
@@ -344,7 +347,11 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
             f"token dim {batch.embeddings.shape[2]} does not match the model's input dim "
             f"{mv.input_dim}",
         )
-    _check_query_tokens(mv, batch)
+    try:
+        _check_query_tokens(mv, batch)
+    except InvalidInput:
+        m.rejected.labels(mv.name, "invalid").inc()
+        raise
     m.stage_duration.labels(mv.name, "decode").observe(time.perf_counter() - started)
 
     m.queue_depth.labels(mv.name).set(mv.batcher.depth + 1)
@@ -356,6 +363,9 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
         return Response(status_code=499)
     except Overloaded as exc:
         exc.headers["Retry-After"] = str(s.retry_after_seconds)
+        raise
+    except NotReady:
+        m.rejected.labels(mv.name, "not_ready").inc()
         raise
     finally:
         m.queue_depth.labels(mv.name).set(mv.batcher.depth)
@@ -558,9 +568,13 @@ def _forward_checks(state: ServiceState) -> list[str]:
     problems = []
     for versions in state.models.values():
         for mv in versions.values():
+            ready = state.metrics.model_ready.labels(mv.name, str(mv.version))
             try:
                 assert mv.backend is not None
                 mv.backend.warm_up()
             except Exception as exc:  # reported by name, so the failing model is known
                 problems.append(f"{mv.name}/{mv.version}: forward pass failed: {exc}")
+                ready.set(0)
+            else:
+                ready.set(int(mv.backend.problem is None))
     return problems

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -43,20 +43,37 @@ def running_server(
     flags: Sequence[str] = (),
     ready_timeout: float = 60.0,
     log_level: str = "warning",
+    *,
+    python: str | Path = sys.executable,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield ``(base_url, process)`` of a server on ``repository``; SIGTERM it afterwards.
 
-    ``ADAPOOL_*`` variables of the caller are not passed on: only ``flags`` configure the server.
-    Raises RuntimeError (with the server's output) if it exits before it is ready.
+    The caller's ``ADAPOOL_*`` variables are not passed on. Host, port, repository and log level
+    go to the server as ``ADAPOOL_*`` variables (as in a container), ``env`` adds more, and
+    ``flags`` (which win over the environment) add the rest. ``python`` and ``cwd`` choose the
+    interpreter and folder (an installed environment, for example). Raises RuntimeError (with
+    the server's output) if it exits before it is ready.
     """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPOOL_")}
-    command = [sys.executable, "-m", "service", "--port", str(port), "--log-level", log_level]
-    command += ["--model-repository", str(repository), *flags]
+    port = port or free_port(host)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAPOOL_")}
+    settings = {
+        "ADAPOOL_HOST": host,
+        "ADAPOOL_PORT": str(port),
+        "ADAPOOL_MODEL_REPOSITORY": str(repository),
+        "ADAPOOL_LOG_LEVEL": log_level,
+    }
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [str(python), "-m", "service", *flags],
+        cwd=cwd,
+        env={**clean, **(env or {}), **settings},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + ready_timeout
         while not _ready(url):
@@ -64,7 +81,7 @@ def running_server(
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"server did not become ready in {ready_timeout} s")
+                raise TimeoutError(f"server on {url} did not become ready in {ready_timeout} s")
             time.sleep(0.2)
         yield url, process
     finally:

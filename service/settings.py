@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         True, description="health and metrics stay open when api_key is set"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: object) -> object:
+        # ADAPOOL_API_KEY= (set but empty, as compose files write it) means no key, not "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

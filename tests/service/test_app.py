@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,3 +143,37 @@ def test_readme_documents_every_setting() -> None:
     assert not missing, missing
     hint = "paste service.settings.settings_table() into the README"
     assert settings_table() in readme, hint
+
+
+def test_empty_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADAPOOL_API_KEY= (set but empty, as compose writes it) must not demand an empty token."""
+    monkeypatch.setenv("ADAPOOL_API_KEY", "")
+    assert Settings().api_key is None
+
+
+async def test_a_broken_model_is_not_ready_in_metrics_and_refusals_are_counted(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPOSITORY / "knn-adapool-ego", repo / "knn-adapool-ego")
+    shutil.copytree(REPOSITORY / "knn-avg", repo / "knn-avg")
+    (repo / "knn-avg" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    app = create_app(Settings(model_repository=repo))
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+    ):
+        assert (await c.get("/health/ready")).status_code == 503
+        r = await c.post("/models/knn-avg/pool", json=BODY)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+        assert (await c.post("/pool", json=BODY)).status_code == 200  # the others serve
+        # the ego model's query token (token 0) masked out: 422, counted as invalid
+        masked = {"embeddings": [[[0.1] * 16] * 4], "attention_mask": [[0, 1, 1, 1]]}
+        assert (await c.post("/pool", json=masked)).status_code == 422
+        metrics = (await c.get("/metrics")).text
+    assert 'adapool_model_ready{model="knn-avg",version="1"} 0.0' in metrics
+    assert 'adapool_model_ready{model="knn-adapool-ego",version="1"} 1.0' in metrics
+    assert 'adapool_rejected_requests_total{model="knn-avg",reason="not_ready"} 1.0' in metrics
+    assert (
+        'adapool_rejected_requests_total{model="knn-adapool-ego",reason="invalid"} 1.0' in metrics
+    )
