@@ -145,23 +145,32 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training data: a kNN-Centroid task and its split sizes.
+    """The training data: a synthetic task and its split sizes.
 
     Attributes:
-        task: the benchmark: ``knn_centroid``, or ``none`` for a run that is only its seeded
-            random initialisation (benchmarks and profiling of shapes no task has, such as
+        task: ``knn_centroid`` (the paper's benchmark, one k per data set); ``signature``
+            (signal tokens carry a learnable pattern, the signal share varies per sample over the
+            whole SNR range: ``models.data.signature``); or ``none`` for a run that is only its
+            seeded random initialisation (benchmarks and profiling of shapes no task has, such as
             ``make bench``'s 384-dimensional model); ``models.train`` refuses ``none``.
-        k: signal tokens per sample (SNR = k / num_vectors; k = num_vectors means all others).
-        num_vectors: tokens per sample, N.
+        k: kNN-Centroid's signal tokens per sample (SNR = k / num_vectors; k = num_vectors means
+            all others). Unused by ``signature``, where k varies per sample.
+        num_vectors: tokens per sample, N (``signature``: the most tokens a sample has).
+        min_vectors: ``signature`` only: the fewest real tokens a sample has.
+        signature_dims, signature_noise: ``signature`` only: how many features carry the
+            pattern, and the noise on it.
         dim: token dimension, D (must equal ``model.input_dim``).
         num_train, num_val, num_test: samples per split; each split has its own generator seed
             derived from ``seed``, so changing one split's size leaves the others unchanged.
         seed: the data seed.
     """
 
-    task: Literal["knn_centroid", "none"] = "knn_centroid"
+    task: Literal["knn_centroid", "signature", "none"] = "knn_centroid"
     k: int = 8
     num_vectors: int = 128
+    min_vectors: int = 32
+    signature_dims: int = 4
+    signature_noise: float = 0.25
     dim: int = 16
     num_train: int = 50_000
     num_val: int = 5_000
@@ -173,6 +182,16 @@ class DataConfig:
         require(1 <= self.k <= self.num_vectors, f"data.k must be in [1, {self.num_vectors}]")
         if self.task == "knn_centroid":  # the generator draws 18 columns and keeps `dim`
             require(1 <= self.dim <= 18, "data.dim must be in [1, 18] for knn_centroid")
+        if self.task == "signature":
+            require(
+                1 <= self.min_vectors <= self.num_vectors,
+                f"data.min_vectors must be in [1, {self.num_vectors}]",
+            )
+            require(
+                1 <= self.signature_dims <= self.dim,
+                f"data.signature_dims must be in [1, {self.dim}]",
+            )
+            require(self.signature_noise >= 0, "data.signature_noise must be >= 0")
         require(self.dim >= 1, "data.dim must be >= 1")
         require(self.num_train > 0, "data.num_train must be > 0")
         require(self.num_val > 0, "data.num_val must be > 0")

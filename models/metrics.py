@@ -10,12 +10,13 @@ arbitrarily at high SNR; the diagnostics issue revisits it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-SIGNAL_RULE = "head-mean weight > 1/n_real"
+SIGNAL_RULE_NAME = "tenth-max"  # the project's rule, one of SIGNAL_RULES (defined below)
 
 FloatArray = NDArray[np.floating]
 BoolArray = NDArray[np.bool_]
@@ -32,19 +33,65 @@ def head_mean(weights: FloatArray) -> NDArray[np.float64]:
     return w.mean(axis=1) if w.ndim == 3 else w
 
 
-def estimate_signal_set(weights: FloatArray, attention_mask: BoolArray) -> BoolArray:
-    """Apply ``SIGNAL_RULE``.
+def _uniform_share(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
+    n_real = mask.sum(axis=1, keepdims=True)
+    chosen: BoolArray = (w > share / n_real) & mask
+    return chosen
+
+
+def _share_of_max(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
+    top = np.where(mask, w, -np.inf).max(axis=1, keepdims=True)
+    chosen: BoolArray = (w >= share * top) & mask
+    return chosen
+
+
+def _mass(w: NDArray[np.float64], mask: BoolArray, mass: float) -> BoolArray:
+    """The fewest largest-weight tokens holding ``mass`` of the weight."""
+    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
+    sorted_w = np.take_along_axis(np.where(mask, w, 0.0), order, axis=1)
+    before = np.cumsum(sorted_w, axis=1) - sorted_w  # mass of the tokens ahead of each
+    keep_sorted = before < mass * sorted_w.sum(axis=1, keepdims=True)
+    keep = np.zeros_like(mask)
+    np.put_along_axis(keep, order, keep_sorted, axis=1)
+    return keep & mask
+
+
+# Candidate signal-set rules: name -> (definition, rule(head-mean weights (S, N), mask) -> set).
+Rule = Callable[[NDArray[np.float64], BoolArray], BoolArray]
+SIGNAL_RULES: dict[str, tuple[str, Rule]] = {
+    "uniform": ("head-mean weight > 1/n_real", lambda w, m: _uniform_share(w, m, 1.0)),
+    "half-uniform": ("head-mean weight > 1/(2 n_real)", lambda w, m: _uniform_share(w, m, 0.5)),
+    "half-max": ("head-mean weight >= max weight / 2", lambda w, m: _share_of_max(w, m, 0.5)),
+    "quarter-max": ("head-mean weight >= max weight / 4", lambda w, m: _share_of_max(w, m, 0.25)),
+    "tenth-max": ("head-mean weight >= max weight / 10", lambda w, m: _share_of_max(w, m, 0.1)),
+    "mass-90": (
+        "the fewest largest head-mean weights holding 90% of the weight",
+        lambda w, m: _mass(w, m, 0.9),
+    ),
+    "mass-95": (
+        "the fewest largest head-mean weights holding 95% of the weight",
+        lambda w, m: _mass(w, m, 0.95),
+    ),
+}
+
+
+SIGNAL_RULE = SIGNAL_RULES[SIGNAL_RULE_NAME][0]
+
+
+def estimate_signal_set(
+    weights: FloatArray, attention_mask: BoolArray, rule: str = SIGNAL_RULE_NAME
+) -> BoolArray:
+    """Apply a signal-set rule (by default the project's, ``SIGNAL_RULE``).
 
     Args:
         weights: (S, H, N) or (S, N) pooling weights.
         attention_mask: (S, N) bool, True = real token.
+        rule: a name from :data:`SIGNAL_RULES`.
 
     Returns:
-        (S, N) bool, True where a real token's head-mean weight exceeds 1/n_real.
+        (S, N) bool, True on the real tokens the rule estimates to be signal.
     """
-    w = head_mean(weights)
-    n_real = attention_mask.sum(axis=1, keepdims=True)
-    estimated: BoolArray = (w > 1.0 / n_real) & attention_mask
+    estimated: BoolArray = SIGNAL_RULES[rule][1](head_mean(weights), np.asarray(attention_mask))
     return estimated
 
 
@@ -88,7 +135,10 @@ class WeightQuality:
 
 
 def weight_quality(
-    weights: FloatArray, attention_mask: BoolArray, signal_mask: BoolArray
+    weights: FloatArray,
+    attention_mask: BoolArray,
+    signal_mask: BoolArray,
+    rule: str = SIGNAL_RULE_NAME,
 ) -> WeightQuality:
     """Score pooling weights against the ground-truth signal tokens.
 
@@ -103,7 +153,7 @@ def weight_quality(
     n_real = attention_mask.sum(axis=1).astype(np.float64)
     n_signal = signal_mask.sum(axis=1).astype(np.float64)
 
-    estimated = estimate_signal_set(w, attention_mask)
+    estimated = estimate_signal_set(w, attention_mask, rule)
     precision, recall, f1 = _f1(estimated, signal_mask)
     _, _, f1_all = _f1(attention_mask, signal_mask)
     return WeightQuality(
@@ -116,15 +166,68 @@ def weight_quality(
         f1_chance=float(f1_all.mean()),
         estimated_size=float(estimated.sum(axis=1).mean()),
         true_size=float(n_signal.mean()),
+        rule=SIGNAL_RULES[rule][0],
     )
 
 
-def trivial_baselines(x: FloatArray, y: FloatArray) -> dict[str, float]:
-    """Signal loss of the two trivial predictors of the paper: the mean of all tokens, and x_0.
+def trivial_baselines(
+    x: FloatArray, y: FloatArray, attention_mask: BoolArray | None = None
+) -> dict[str, float]:
+    """Signal loss of the two trivial predictors of the paper: the mean of all (real) tokens,
+    and x_0.
 
-    x: (S, N, D), y: (S, D).
+    x: (S, N, D), y: (S, D), attention_mask: (S, N) or None (every token real).
     """
-    return {
-        "predict_mean_of_all": signal_loss(np.asarray(x).mean(axis=1), y),
-        "predict_x0": signal_loss(np.asarray(x)[:, 0], y),
-    }
+    x = np.asarray(x, dtype=np.float64)
+    if attention_mask is None:
+        mean = x.mean(axis=1)
+    else:
+        m = np.asarray(attention_mask, dtype=np.float64)[..., None]
+        mean = (x * m).sum(axis=1) / m.sum(axis=1)
+    return {"predict_mean_of_all": signal_loss(mean, y), "predict_x0": signal_loss(x[:, 0], y)}
+
+
+SNR_BANDS = tuple(range(-7, 1))  # log2 of the paper's SNR grid: 1/128 ... 1
+
+
+def snr_band_label(band: int) -> str:
+    return "1" if band == 0 else f"1/{2**-band}"
+
+
+def snr_bands(
+    pooled: FloatArray,
+    weights: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    attention_mask: BoolArray,
+    signal_mask: BoolArray,
+) -> list[dict[str, object]]:
+    """Signal loss and weight quality per SNR band, for data whose SNR varies per sample.
+
+    A sample's band is log2(k / n) rounded to the nearest integer (the paper's grid point
+    nearest its SNR). Each band reports its sample count, the model's signal loss, the
+    mean-of-all-tokens baseline's, and the weight quality with chance levels.
+    """
+    attention_mask = np.asarray(attention_mask, dtype=bool)
+    signal_mask = np.asarray(signal_mask, dtype=bool)
+    snr = signal_mask.sum(axis=1) / attention_mask.sum(axis=1)
+    band_of = np.clip(np.rint(np.log2(snr)), SNR_BANDS[0], SNR_BANDS[-1]).astype(int)
+    out: list[dict[str, object]] = []
+    for band in SNR_BANDS:
+        rows = band_of == band
+        if not rows.any():
+            continue
+        trivial = trivial_baselines(x[rows], y[rows], attention_mask[rows])
+        out.append(
+            {
+                "band": snr_band_label(band),
+                "log2_snr": band,
+                "samples": int(rows.sum()),
+                "signal_loss": signal_loss(pooled[rows], y[rows]),
+                "mean_of_all_loss": trivial["predict_mean_of_all"],
+                "weights": weight_quality(
+                    weights[rows], attention_mask[rows], signal_mask[rows]
+                ).as_dict(),
+            }
+        )
+    return out

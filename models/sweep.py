@@ -124,12 +124,10 @@ def _run_one(run: Run) -> tuple[str, float]:
     return run.out.name, time.perf_counter() - started
 
 
-def run_sweep(preset: Preset, runs_root: Path, workers: int | None = None) -> list[Run]:
-    """Train every run not yet finished, ``workers`` at a time. Returns all runs."""
-    runs = expand(preset, runs_root)
+def train_all(runs: Sequence[Run], workers: int, title: str) -> None:
+    """Train every run not yet finished (``metrics.json`` missing), ``workers`` at a time."""
     todo = [r for r in runs if not (r.out / "metrics.json").exists()]
-    print(f"sweep {preset.sweep.name}: {len(runs)} runs, {len(runs) - len(todo)} done", flush=True)
-    workers = workers or preset.sweep.workers
+    print(f"{title}: {len(runs)} runs, {len(runs) - len(todo)} done", flush=True)
     started = time.perf_counter()
     if workers == 1:
         results = map(_run_one, todo)
@@ -141,6 +139,12 @@ def run_sweep(preset: Preset, runs_root: Path, workers: int | None = None) -> li
             for i, (name, seconds) in enumerate(pool.imap_unordered(_run_one, todo), 1):
                 print(f"[{i}/{len(todo)}] {name} {seconds:.0f}s", flush=True)
     print(f"trained {len(todo)} runs in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def run_sweep(preset: Preset, runs_root: Path, workers: int | None = None) -> list[Run]:
+    """Train every run not yet finished, ``workers`` at a time. Returns all runs."""
+    runs = expand(preset, runs_root)
+    train_all(runs, workers or preset.sweep.workers, f"sweep {preset.sweep.name}")
     return runs
 
 

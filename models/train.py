@@ -33,9 +33,9 @@ from models.config import (
     load_run_config,
     require,
 )
-from models.data import knn_centroid
+from models.data import knn_centroid, signature
 from models.data.knn_centroid import Dataset
-from models.metrics import signal_loss, trivial_baselines, weight_quality
+from models.metrics import signal_loss, snr_bands, trivial_baselines, weight_quality
 from models.model import PoolingModel, build_model
 
 SPLITS = ("train", "val", "test")
@@ -48,33 +48,45 @@ def derive_seed(*parts: int) -> int:
 
 def make_data(config: DataConfig) -> dict[str, Dataset]:
     """Generate the train, val and test splits; each split has its own derived seed."""
-    require(config.task == "knn_centroid", f"data.task={config.task!r} has no data to train on")
+    require(config.task != "none", f"data.task={config.task!r} has no data to train on")
     sizes = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
-    return {
-        split: knn_centroid.generate(
-            sizes[split],
-            config.k,
-            derive_seed(config.seed, index),
-            num_vectors=config.num_vectors,
-            dim=config.dim,
-        )
-        for index, split in enumerate(SPLITS)
-    }
+    out = {}
+    for index, split in enumerate(SPLITS):
+        seed = derive_seed(config.seed, index)
+        if config.task == "signature":
+            out[split] = signature.generate(
+                sizes[split],
+                seed,
+                num_vectors=config.num_vectors,
+                min_vectors=config.min_vectors,
+                dim=config.dim,
+                signature_dims=config.signature_dims,
+                signature_noise=config.signature_noise,
+            )
+        else:
+            out[split] = knn_centroid.generate(
+                sizes[split], config.k, seed, num_vectors=config.num_vectors, dim=config.dim
+            )
+    return out
 
 
 @torch.no_grad()
-def predict(model: PoolingModel, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model in eval mode over x (S, N, D) with no padding.
+def predict(
+    model: PoolingModel, x: np.ndarray, batch_size: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the model in eval mode over x (S, N, D), with an optional (S, N) attention mask.
 
     Returns pooled (S, D_out) and weights (S, H, N) as float32 arrays.
     """
     model.eval()
     device = next(model.parameters()).device
+    if mask is None:
+        mask = np.ones(x.shape[:2], dtype=bool)
     pooled, weights = [], []
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size]).to(device)
-        mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)
-        out = model(xb, mask)
+        mb = torch.from_numpy(mask[start : start + batch_size]).to(device)
+        out = model(xb, mb)
         pooled.append(out.pooled.cpu().numpy())
         weights.append(out.weights.cpu().numpy())
     return np.concatenate(pooled), np.concatenate(weights)
@@ -82,18 +94,22 @@ def predict(model: PoolingModel, x: np.ndarray, batch_size: int) -> tuple[np.nda
 
 def test_metrics(model: PoolingModel, data: Dataset, config: RunConfig) -> dict[str, Any]:
     """Signal loss, weight quality with chance levels, and the trivial baselines on ``data``."""
-    pooled, weights = predict(model, data.x, config.train.eval_batch_size)
-    mask = np.ones(data.signal_mask.shape, dtype=bool)
-    return {
+    mask = data.mask()
+    pooled, weights = predict(model, data.x, config.train.eval_batch_size, mask)
+    metrics: dict[str, Any] = {
+        "task": config.data.task,
         "method": config.model.pooling.method,
         "query": config.model.pooling.query if config.model.pooling.method == "adapool" else None,
-        "k": config.data.k,
-        "snr": config.data.snr,
+        "k": config.data.k if config.data.task == "knn_centroid" else None,
+        "snr": config.data.snr if config.data.task == "knn_centroid" else None,
         "num_test": len(data.x),
         "signal_loss": signal_loss(pooled, data.y),
         "weights": weight_quality(weights, mask, data.signal_mask).as_dict(),
-        "trivial": trivial_baselines(data.x, data.y),
+        "trivial": trivial_baselines(data.x, data.y, mask),
     }
+    if config.data.task == "signature":
+        metrics["bands"] = snr_bands(pooled, weights, data.x, data.y, mask, data.signal_mask)
+    return metrics
 
 
 def _train_epoch(
@@ -111,7 +127,7 @@ def _train_epoch(
     # reproduces an uninterrupted run exactly.
     torch.manual_seed(derive_seed(config.train.seed, epoch))
     order = torch.randperm(len(data.x))
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    x, y, m = torch.from_numpy(data.x), torch.from_numpy(data.y), torch.from_numpy(data.mask())
     batch_size = config.train.batch_size
     steps = math.ceil(len(order) / batch_size)
     total, count = 0.0, 0
@@ -124,8 +140,7 @@ def _train_epoch(
     )
     for step in bar:
         index = order[step * batch_size : (step + 1) * batch_size]
-        xb, yb = x[index].to(device), y[index].to(device)
-        mask = torch.ones(xb.shape[:2], dtype=torch.bool, device=device)
+        xb, yb, mask = x[index].to(device), y[index].to(device), m[index].to(device)
         loss = F.mse_loss(model(xb, mask).pooled, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -169,17 +184,19 @@ def train(
     checkpoint.save_config(out, config)
 
     data = make_data(config.data)
-    val_x, val_y = data["val"].x, data["val"].y
+    val = data["val"]
+
+    def val_loss_of(m: PoolingModel) -> float:
+        return signal_loss(predict(m, val.x, config.train.eval_batch_size, val.mask())[0], val.y)
+
     if state["epoch"] == 0:
         # The untrained model's validation loss: the reference for "training lowered the loss".
-        state["initial_val_loss"] = signal_loss(
-            predict(model, val_x, config.train.eval_batch_size)[0], val_y
-        )
+        state["initial_val_loss"] = val_loss_of(model)
         print(f"epoch 0  val {state['initial_val_loss']:.5f} (untrained)", flush=True)
     for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
         started = time.perf_counter()
         train_loss = _train_epoch(model, optimizer, data["train"], config, epoch, progress)
-        val_loss = signal_loss(predict(model, val_x, config.train.eval_batch_size)[0], val_y)
+        val_loss = val_loss_of(model)
         seconds = time.perf_counter() - started
         best = val_loss < state["best_val"]
         if best:

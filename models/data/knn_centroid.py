@@ -29,17 +29,26 @@ _CHUNK = 4096
 
 
 class Dataset(NamedTuple):
-    """A generated kNN-Centroid set.
+    """A generated data set (kNN-Centroid, or Signature with its padding).
 
     Attributes:
-        x: (S, N, D) float32 token sets; token 0 is the ego/query vector.
+        x: (S, N, D) float32 token sets; for kNN-Centroid token 0 is the ego/query vector.
         y: (S, D) float32 targets, the centroid of each sample's signal tokens.
-        signal_mask: (S, N) bool, True on exactly the k neighbours of token 0 (never token 0).
+        signal_mask: (S, N) bool, True on the signal tokens (kNN-Centroid: exactly the k
+            neighbours of token 0, never token 0).
+        attention_mask: (S, N) bool, True on real tokens; None when every token is real.
     """
 
     x: NDArray[np.float32]
     y: NDArray[np.float32]
     signal_mask: NDArray[np.bool_]
+    attention_mask: NDArray[np.bool_] | None = None
+
+    def mask(self) -> NDArray[np.bool_]:
+        """The attention mask, all True when the set has no padding."""
+        if self.attention_mask is None:
+            return np.ones(self.signal_mask.shape, dtype=bool)
+        return self.attention_mask
 
 
 def _sample_tokens(

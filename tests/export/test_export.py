@@ -18,6 +18,7 @@ from export.repository import RepositoryError, find_versions, sha256_file
 from export.verify import main as verify_main
 from models.checkpoint import load_model
 from models.data.knn_centroid import generate
+from models.metrics import SIGNAL_RULE
 from tests.export.conftest import VARIANTS, make_run_dir
 
 
@@ -51,7 +52,7 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "checkpoint/model.safetensors",
     }
     assert manifest["training"]["model"]["depth"] == 2
-    assert manifest["signal_rule"] == "head-mean weight > 1/n_real"
+    assert manifest["signal_rule"] == SIGNAL_RULE == "head-mean weight >= max weight / 10"
     assert manifest["packages"]["torch"].startswith("2.13")
     assert manifest["export"]["parity_ok"] is True
     assert max(p["max_abs_diff_pooled"] for p in manifest["export"]["parity"]) < 1e-4

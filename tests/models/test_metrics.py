@@ -21,17 +21,22 @@ def test_perfect_weights() -> None:
     assert q.f1_chance == pytest.approx(2 * 0.5 / 1.5)  # all-tokens: precision k/n, recall 1
 
 
-def test_uniform_weights_find_nothing_and_sit_at_chance() -> None:
+def test_uniform_weights_sit_at_chance() -> None:
     signal = np.zeros((2, 8), bool)
     signal[:, :2] = True
-    q = weight_quality(np.full((2, 1, 8), 1 / 8), np.ones((2, 8), bool), signal)
+    uniform = np.full((2, 1, 8), 1 / 8)
+    q = weight_quality(uniform, np.ones((2, 8), bool), signal)
     assert q.signal_mass == pytest.approx(q.signal_mass_chance) == pytest.approx(0.25)
-    assert q.estimated_size == 0 and q.f1 == 0 and q.precision == 0
+    # the project's rule reads uniform weights as "all tokens": exactly the chance F1
+    assert q.estimated_size == 8 and q.f1 == pytest.approx(q.f1_chance)
+    # the old rule (weight > 1/n) found nothing in them
+    old = weight_quality(uniform, np.ones((2, 8), bool), signal, rule="uniform")
+    assert old.estimated_size == 0 and old.f1 == 0 and old.precision == 0
 
 
 def test_half_right_weights() -> None:
-    """Weight above 1/4 on tokens 0 and 1; the truth is tokens 1 and 2: P = R = F1 = 0.5."""
-    weights = np.array([[0.4, 0.4, 0.1, 0.1]])
+    """Weight on tokens 0 and 1; the truth is tokens 1 and 2: P = R = F1 = 0.5."""
+    weights = np.array([[0.48, 0.48, 0.02, 0.02]])
     truth = np.array([[False, True, True, False]])
     q = weight_quality(weights, np.ones((1, 4), bool), truth)
     assert (q.precision, q.recall, q.f1) == pytest.approx((0.5, 0.5, 0.5))
@@ -40,10 +45,29 @@ def test_half_right_weights() -> None:
 
 def test_heads_are_averaged_and_padding_ignored() -> None:
     mask = np.array([[True, True, True, False]])
-    # Head mean = [0.6, 0.2, 0.2, 0]; 1/n_real = 1/3, so only token 0 is estimated signal.
-    weights = np.array([[[1.0, 0.0, 0.0, 0.0], [0.2, 0.4, 0.4, 0.0]]])
+    # Head mean = [0.95, 0.025, 0.025, 0]; max / 10 = 0.095, so only token 0 is signal.
+    weights = np.array([[[1.0, 0.0, 0.0, 0.0], [0.9, 0.05, 0.05, 0.0]]])
     assert estimate_signal_set(weights, mask).tolist() == [[True, False, False, False]]
     truth = np.array([[True, False, False, True]])  # a "signal" flag on padding is ignored
     q = weight_quality(weights, mask, truth)
     assert q.true_size == 1 and q.f1 == 1.0
     assert q.signal_mass_chance == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ("uniform", [0, 1]),  # > 1/5
+        ("half-uniform", [0, 1, 2]),  # > 1/10
+        ("half-max", [0, 1]),  # >= 0.25
+        ("quarter-max", [0, 1]),  # >= 0.125
+        ("tenth-max", [0, 1, 2, 3]),  # >= 0.05
+        ("mass-90", [0, 1, 2]),  # 0.5 + 0.3 + 0.12 = 0.92 >= 0.9
+        ("mass-95", [0, 1, 2, 3]),  # 0.97 >= 0.95
+    ],
+)
+def test_every_candidate_rule_on_known_weights(rule: str, expected: list[int]) -> None:
+    # the padded 6th token carries junk weight that no rule may pick or count
+    w = np.array([[0.05, 0.5, 0.3, 0.12, 0.03, 0.9]])[:, [1, 2, 3, 0, 4, 5]]
+    mask = np.array([[True] * 5 + [False]])
+    assert np.flatnonzero(estimate_signal_set(w, mask, rule)).tolist() == expected

@@ -17,7 +17,8 @@ def test_uniform_weights() -> None:
     assert d.entropy == pytest.approx(math.log(8))
     assert d.normalized_entropy == pytest.approx(1.0)
     assert d.effective_tokens == pytest.approx(8.0)
-    assert d.signal_tokens == [] and d.estimated_snr == 0.0 and d.noise_mass == pytest.approx(1.0)
+    # uniform weights: every token counts as signal (SNR 1), nothing is noise
+    assert d.signal_tokens == list(range(8)) and d.estimated_snr == 1.0 and d.noise_mass == 0.0
     assert [t for t, _ in d.top_tokens] == [0, 1, 2]  # ties: lowest index first
 
 
@@ -44,19 +45,21 @@ def test_signal_optimal_pool_on_k_of_n() -> None:
 
 
 def test_partial_concentration() -> None:
-    w = np.array([0.5, 0.3, 0.1, 0.1])
+    w = np.array([0.5, 0.3, 0.16, 0.04])
     d = diagnose(w, top_k=2)
-    expected = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 2 * 0.1 * math.log(0.1))
+    expected = -sum(v * math.log(v) for v in w)
     assert d.entropy == pytest.approx(expected)
     assert d.normalized_entropy == pytest.approx(expected / math.log(4))
     assert d.top_tokens == [(0, 0.5), (1, 0.3)]
-    assert d.signal_tokens == [0, 1] and d.noise_mass == pytest.approx(0.2)
+    # the rule: weight >= max / 10 = 0.05, so 0.04 is noise
+    assert d.signal_tokens == [0, 1, 2] and d.noise_mass == pytest.approx(0.04)
+    assert d.estimated_snr == pytest.approx(3 / 4)
 
 
 def test_single_token_item() -> None:
     d = diagnose(np.array([1.0]), top_k=5)
     assert d.normalized_entropy is None and d.effective_tokens == 1.0 and len(d.top_tokens) == 1
-    assert d.signal_tokens == []  # 1.0 is not above the uniform share 1/1
+    assert d.signal_tokens == [0] and d.estimated_snr == 1.0
 
 
 def test_same_rule_as_training_metrics() -> None:
