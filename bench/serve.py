@@ -48,8 +48,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import hey
 from service.process import ROOT, running_server
+from service.settings import Settings
 
-DEFAULT_MODEL = "knn-adapool-ego"
+DEFAULT_MODEL = Settings.model_fields["default_model"].default  # the service's default
 WIDE_MODEL = "knn-wide384"
 WIDE_CONFIG = ROOT / "configs" / "bench" / "wide384.toml"
 FORMATS = ("json", "base64", "npy", "raw")

@@ -229,6 +229,18 @@ def train(
     return metrics
 
 
+def rescore(run_dir: str | Path) -> dict[str, Any]:
+    """Recompute a finished run's test metrics with the current metrics code (after the signal
+    rule changed, say), keeping its training record; rewrites and returns ``metrics.json``."""
+    out = Path(run_dir)
+    model, config = checkpoint.load_model(out)
+    old = checkpoint.read_json(out / "metrics.json")
+    metrics = test_metrics(model.to(config.train.device), make_data(config.data)["test"], config)
+    metrics.update({k: v for k, v in old.items() if k not in metrics})
+    checkpoint.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 def _check_resumable(saved: RunConfig, requested: RunConfig) -> None:
     same_epochs = dataclasses.replace(
         saved, train=dataclasses.replace(saved.train, epochs=requested.train.epochs)

@@ -9,7 +9,7 @@ All figures come from the head-mean weights w_1..w_n over an item's n real token
 - ``max_weight`` and ``max_token``: the largest weight and its token index.
 - ``top_tokens``: the ``top_k`` tokens by weight, largest first.
 - ``signal_tokens``: the estimated signal set, by the training metrics' rule
-  (``SIGNAL_RULE``: head-mean weight >= the item's largest weight / 10; chosen by measurement
+  (``SIGNAL_RULE``: head-mean weight >= the item's largest weight / 4; chosen by measurement
   across SNR, see ``models.signature_study``).
 - ``estimated_snr`` = |signal_tokens| / n, the paper's SNR k/N as the weights see it.
 - ``noise_mass`` = the weight on tokens outside the signal set (0 for a signal-optimal pool).
@@ -24,8 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 # The same rule as models.metrics.SIGNAL_RULE (a test proves the two agree).
-SIGNAL_RULE = "head-mean weight >= max weight / 10"
-SIGNAL_SHARE_OF_MAX = 0.1
+SIGNAL_RULE = "head-mean weight >= max weight / 4"
+SIGNAL_SHARE_OF_MAX = 0.25
 
 
 def signal_set(weights: NDArray[np.floating]) -> NDArray[np.bool_]:

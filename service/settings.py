@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     models: list[str] = Field(
         default_factory=list, description="model names to serve (empty: every model found)"
     )
-    default_model: str = Field("knn-adapool-ego", description="the model behind POST /pool")
+    default_model: str = Field("signature-adapool", description="the model behind POST /pool")
     device: Device = Field(
         "auto", description="auto tries CUDA then CPU; cuda and tensorrt are required"
     )

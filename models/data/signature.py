@@ -45,11 +45,14 @@ def _chunk(
     dim: int,
     signature_dims: int,
     signature_noise: float,
+    signal_tokens: int | None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_], NDArray[np.bool_]]:
     S, N = num_samples, num_vectors
     n = rng.integers(min_vectors, N + 1, size=S)
     log_snr = rng.uniform(-np.log2(n), 0.0)
     k = np.clip(np.rint(2.0**log_snr * n), 1, n).astype(np.int64)
+    if signal_tokens is not None:
+        k = np.minimum(n, signal_tokens)
     positions = np.arange(N)[None, :]
     mask = positions < n[:, None]
     # k signal positions among the n real ones: rank real positions by a random key.
@@ -74,10 +77,13 @@ def generate(
     dim: int = 16,
     signature_dims: int = 4,
     signature_noise: float = 0.25,
+    signal_tokens: int | None = None,
 ) -> Dataset:
     """Generate ``num_samples`` Signature samples (padded to ``num_vectors`` tokens).
 
-    Returns a Dataset whose ``attention_mask`` marks each row's real tokens.
+    ``signal_tokens`` fixes k instead of drawing the SNR (for examples and tests; with
+    ``min_vectors = num_vectors`` it fixes n too). Returns a Dataset whose ``attention_mask``
+    marks each row's real tokens.
     """
     if not 1 <= min_vectors <= num_vectors:
         raise ValueError(f"min_vectors must be in [1, {num_vectors}], got {min_vectors}")
@@ -93,6 +99,7 @@ def generate(
             dim,
             signature_dims,
             signature_noise,
+            signal_tokens,
         )
         for start in range(0, num_samples, _CHUNK)
     ]

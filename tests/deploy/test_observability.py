@@ -18,11 +18,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import LATENCY_BUCKETS
+from service.settings import Settings
 from tests.deploy import promql, tools
 from tests.service.server import free_port
 
 D = 16
-MODEL = "knn-adapool-ego"
+MODEL = Settings.model_fields["default_model"].default  # what POST /pool serves
 # Panels that may rightly show nothing while the service is healthy.
 MAY_BE_EMPTY = {"Firing alerts"}
 
@@ -174,7 +175,7 @@ def test_request_counters(prometheus: Prometheus, traffic: Traffic) -> None:
     )
     got = {(r["metric"]["route"], r["metric"]["status"]): float(r["value"][1]) for r in result}
     assert got == {k: float(v) for k, v in traffic.counts.items()}
-    invalid = 'adapool_rejected_requests_total{model="knn-adapool-ego", reason="invalid"}'
+    invalid = f'adapool_rejected_requests_total{{model="{MODEL}", reason="invalid"}}'
     assert prometheus.value(invalid) == 1
 
 

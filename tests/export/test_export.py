@@ -52,7 +52,7 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "checkpoint/model.safetensors",
     }
     assert manifest["training"]["model"]["depth"] == 2
-    assert manifest["signal_rule"] == SIGNAL_RULE == "head-mean weight >= max weight / 10"
+    assert manifest["signal_rule"] == SIGNAL_RULE == "head-mean weight >= max weight / 4"
     assert manifest["packages"]["torch"].startswith("2.13")
     assert manifest["export"]["parity_ok"] is True
     assert max(p["max_abs_diff_pooled"] for p in manifest["export"]["parity"]) < 1e-4

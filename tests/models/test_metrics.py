@@ -45,7 +45,7 @@ def test_half_right_weights() -> None:
 
 def test_heads_are_averaged_and_padding_ignored() -> None:
     mask = np.array([[True, True, True, False]])
-    # Head mean = [0.95, 0.025, 0.025, 0]; max / 10 = 0.095, so only token 0 is signal.
+    # Head mean = [0.95, 0.025, 0.025, 0]; max / 4 = 0.2375, so only token 0 is signal.
     weights = np.array([[[1.0, 0.0, 0.0, 0.0], [0.9, 0.05, 0.05, 0.0]]])
     assert estimate_signal_set(weights, mask).tolist() == [[True, False, False, False]]
     truth = np.array([[True, False, False, True]])  # a "signal" flag on padding is ignored

@@ -21,6 +21,7 @@ from tests.service.server import REPOSITORY
 
 pytestmark = pytest.mark.anyio
 BODY = {"embeddings": [[[0.1] * 16] * 4]}
+DEFAULT = Settings.model_fields["default_model"].default
 
 
 @asynccontextmanager
@@ -131,7 +132,7 @@ async def test_full_queue_answers_429_with_retry_after() -> None:
         assert (await first).status_code == 200
         metrics = (await c.get("/metrics")).text
         assert (
-            'adapool_rejected_requests_total{model="knn-adapool-ego",reason="queue_full"} 1.0'
+            f'adapool_rejected_requests_total{{model="{DEFAULT}",reason="queue_full"}} 1.0'
             in metrics
         )
 
@@ -158,7 +159,7 @@ async def test_a_broken_model_is_not_ready_in_metrics_and_refusals_are_counted(
     shutil.copytree(REPOSITORY / "knn-adapool-ego", repo / "knn-adapool-ego")
     shutil.copytree(REPOSITORY / "knn-avg", repo / "knn-avg")
     (repo / "knn-avg" / "1" / "model.onnx").write_bytes(b"not an onnx file")
-    app = create_app(Settings(model_repository=repo))
+    app = create_app(Settings(model_repository=repo, default_model="knn-adapool-ego"))
     async with (
         LifespanManager(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,

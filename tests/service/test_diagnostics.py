@@ -51,7 +51,7 @@ def test_partial_concentration() -> None:
     assert d.entropy == pytest.approx(expected)
     assert d.normalized_entropy == pytest.approx(expected / math.log(4))
     assert d.top_tokens == [(0, 0.5), (1, 0.3)]
-    # the rule: weight >= max / 10 = 0.05, so 0.04 is noise
+    # the rule: weight >= max / 4 = 0.125, so 0.04 is noise
     assert d.signal_tokens == [0, 1, 2] and d.noise_mass == pytest.approx(0.04)
     assert d.estimated_snr == pytest.approx(3 / 4)
 
