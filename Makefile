@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce models verify bench
+.PHONY: help setup setup-serve run test lint format lock clean reproduce signature models verify bench
 
 PRESET ?= cpu
 
@@ -38,6 +38,9 @@ test: setup  ## run every test
 
 reproduce: setup  ## the kNN-Centroid sweep: make reproduce PRESET=cpu (configs/sweep/<PRESET>.toml)
 	$(BIN)/python -m models.sweep --preset configs/sweep/$(PRESET).toml
+
+signature: setup  ## the Signature study: which pooling finds the signal, which rule reads it off the weights
+	$(BIN)/python -m models.signature_study --preset configs/signature/cpu.toml
 
 models: setup  ## train (or reuse the sweep's runs) and export the default models into model_repository/
 	$(BIN)/python -m export.defaults
