@@ -2,11 +2,11 @@
 
     make run                                   # in another shell
     .venv/bin/python examples/signature_request.py [--url http://127.0.0.1:8000]
-        [--tokens 64] [--signal 8 16 32] [--seed 11]
+        [--tokens 64] [--signal 8 16 32] [--seed 11] [--model NAME]
 
 For each signal count k, one sample of n tokens is drawn from the Signature task's generator
-(held-out seed), POSTed as JSON lists to the default model, and the returned ``signal_tokens``
-are compared with the tokens that really carry the signal.
+(held-out seed), POSTed as JSON lists to the default model (or ``--model``), and the returned
+``signal_tokens`` are compared with the tokens that really carry the signal.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--signal", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--model", help="a model name (default: the service's default model)")
     args = parser.parse_args()
     for k in args.signal:
         data = signature.generate(
             1, args.seed, num_vectors=args.tokens, min_vectors=args.tokens, signal_tokens=k
         )
         truth = set(data.signal_mask[0].nonzero()[0].tolist())
-        r = httpx.post(f"{args.url}/pool", json={"embeddings": data.x.tolist()}, timeout=30)
+        route = f"/models/{args.model}/pool" if args.model else "/pool"
+        r = httpx.post(args.url + route, json={"embeddings": data.x.tolist()}, timeout=30)
         r.raise_for_status()
         body = r.json()
         d = body["diagnostics"][0]
