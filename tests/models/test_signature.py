@@ -109,3 +109,14 @@ def test_the_tiny_study_trains_and_reports(tmp_path: Path) -> None:
         assert (tmp_path / "results" / name).stat().st_size > 0
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "| adapool-mean |" in text and "Chosen:" in text
+
+
+def test_about_one_noise_token_in_a_hundred_looks_like_signal() -> None:
+    """The docstring's and README's claim: about 1% of noise tokens fall as close to the pattern
+    as 99% of signal tokens (the Bayes floor of the signal-set F1 at low SNR)."""
+    pattern = signature.signature(4)
+    distance = ((DATA.x[..., :4] - pattern) ** 2).sum(axis=-1)
+    radius = np.quantile(distance[DATA.signal_mask], 0.99)
+    noise = DATA.attention_mask & ~DATA.signal_mask
+    rate = (distance[noise] < radius).mean()
+    assert 0.005 < rate < 0.02, rate
