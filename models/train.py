@@ -229,14 +229,19 @@ def train(
     return metrics
 
 
-def rescore(run_dir: str | Path) -> dict[str, Any]:
-    """Recompute a finished run's test metrics with the current metrics code (after the signal
-    rule changed, say), keeping its training record; rewrites and returns ``metrics.json``."""
-    out = Path(run_dir)
-    model, config = checkpoint.load_model(out)
-    old = checkpoint.read_json(out / "metrics.json")
+def rescore_metrics(model: PoolingModel, config: RunConfig, old: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics recomputed with the current metrics code (after the signal rule changed, say),
+    keeping the old record's training fields (epochs, losses, timings)."""
     metrics = test_metrics(model.to(config.train.device), make_data(config.data)["test"], config)
     metrics.update({k: v for k, v in old.items() if k not in metrics})
+    return metrics
+
+
+def rescore(run_dir: str | Path) -> dict[str, Any]:
+    """Rescore a finished run (see :func:`rescore_metrics`); rewrites and returns metrics.json."""
+    out = Path(run_dir)
+    model, config = checkpoint.load_model(out)
+    metrics = rescore_metrics(model, config, checkpoint.read_json(out / "metrics.json"))
     checkpoint.write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -48,3 +48,9 @@ def test_the_default_models_manifest_records_validated_weights() -> None:
     for band in (-5, -4, -3, -2):  # SNR 1/32 .. 1/4
         assert bands[band]["f1"] >= 2 * bands[band]["f1_chance"]
     assert bands[0]["f1"] >= bands[0]["f1_chance"]
+
+
+@pytest.mark.parametrize("name", [*KNN, SIGNATURE])
+def test_every_manifest_states_its_metrics_under_the_services_rule(name: str) -> None:
+    manifest = json.loads((REPOSITORY / name / "1" / "manifest.json").read_text())
+    assert manifest["signal_rule"] == SIGNAL_RULE == manifest["metrics"]["weights"]["rule"]

@@ -15,7 +15,9 @@ import torch
 from export.cli import export_run, main
 from export.onnx_export import ExportWrapper
 from export.repository import RepositoryError, find_versions, sha256_file
+from export.rescore import main as rescore_main
 from export.verify import main as verify_main
+from models import train as training
 from models.checkpoint import load_model
 from models.data.knn_centroid import generate
 from models.metrics import SIGNAL_RULE
@@ -177,3 +179,25 @@ def test_cli_exports_a_second_version(
     assert "exported max/2" in capsys.readouterr().out
     assert [v.version for v in find_versions(repo)] == [1, 2]
     assert main([str(run), "--name", "max", "--version", "2", "--repository", str(repo)]) == 2
+
+
+def test_rescore_restates_metrics_under_the_current_rule(repository: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "adapool-mean", repo / "adapool-mean")
+    manifest_file = repo / "adapool-mean" / "1" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    # As an export under an older rule would have written it (the fixture's runs have no metrics).
+    model, config = load_model(repo / "adapool-mean" / "1" / "checkpoint")
+    old = training.test_metrics(model, training.make_data(config.data)["test"], config)
+    old["weights"]["rule"] = "an older rule"
+    old["epochs"] = 7
+    manifest.update(signal_rule="an older rule", metrics=old)
+    manifest_file.write_text(json.dumps(manifest))
+    assert rescore_main([str(repo)]) == 0
+    new = json.loads(manifest_file.read_text())
+    assert new["signal_rule"] == SIGNAL_RULE == new["metrics"]["weights"]["rule"]
+    assert new["metrics"]["signal_loss"] == old["signal_loss"]  # same model, same test split
+    assert new["metrics"]["epochs"] == 7  # the training record is kept
+    assert new["rescored"][0]["previous_signal_rule"] == "an older rule"
+    assert rescore_main([str(repo)]) == 0  # idempotent
+    assert len(json.loads(manifest_file.read_text())["rescored"]) == 1
