@@ -7,6 +7,7 @@ Settings come from ``ADAPOOL_*`` environment variables; every setting also has a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -16,9 +17,11 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from uvicorn.config import STARTUP_FAILURE
 
 from service.app import create_app
 from service.settings import Settings
+from service.shutdown import GracefulServer
 
 
 def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
@@ -48,15 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("adapool.service").info(
         "settings: %s", json.dumps(settings.model_dump(mode="json", exclude={"api_key"}))
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=10,
     )
-    return 0
+    server = GracefulServer(
+        config,
+        app.state.service,
+        drain=settings.shutdown_drain_seconds,
+        timeout=settings.shutdown_timeout_seconds,
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT, re-raised after a graceful shutdown
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -22,14 +22,17 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import codecs
 from service.backend import OnnxBackend
 from service.batching import Batcher, BatchLimits, BatchStats, ClientGone
 from service.diagnostics import SIGNAL_RULE, diagnose_batch
 from service.errors import (
+    BadRequest,
     InvalidInput,
     MethodNotAllowed,
     NotAcceptable,
@@ -44,7 +47,18 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.middleware import RequestContext, request_id_of
-from service.openapi import POOL_OPENAPI, PoolResponse
+from service.openapi import (
+    POOL_OPENAPI,
+    POOL_RESPONSES,
+    Info,
+    Live,
+    ModelList,
+    ModelVersions,
+    NotReadyBody,
+    PoolResponse,
+    Ready,
+    errors,
+)
 from service.registry import ModelVersion, scan
 from service.settings import Settings
 
@@ -135,6 +149,10 @@ def _load(state: ServiceState) -> None:
     s = state.settings
     for versions in state.models.values():
         for mv in versions.values():
+            if mv.error is not None:  # found broken by the repository scan
+                log.error("model %s/%s cannot load: %s", mv.name, mv.version, mv.error)
+                state.metrics.model_ready.labels(mv.name, str(mv.version)).set(0)
+                continue
             try:
                 mv.backend = OnnxBackend(
                     mv.path / "model.onnx", s.device, s.intra_op_threads, s.thread_spinning
@@ -215,7 +233,36 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app, state)
     _add_routes(app)
+    if settings.api_key is not None:
+        _document_auth(app, settings)
     return app
+
+
+def _document_auth(app: FastAPI, settings: Settings) -> None:
+    """With an API key, the OpenAPI document marks every route that requires it (bearer)."""
+    generate = app.openapi
+    keyed: set[Any] = {require_key}
+    if not settings.open_health_and_metrics:
+        keyed.add(require_key_unless_open)
+    protected = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, APIRoute) and any(d.dependency in keyed for d in route.dependencies)
+        for method in route.methods or ()
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer"}
+            for path, operations in schema["paths"].items():
+                for method, operation in operations.items():
+                    if (path, method) in protected:
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
@@ -285,6 +332,12 @@ def decode(
     content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
     lengths_text = request.headers.get("x-lengths") or request.query_params.get("lengths")
     if content_type == JSON:
+        if lengths_text is not None:
+            raise invalid(
+                "lengths",
+                "X-Lengths and ?lengths= are for the binary formats; in JSON, give lengths "
+                "(base64) or attention_mask (lists) in the body",
+            )
         return codecs.decode_json(body, limits)
     lengths = codecs.parse_lengths(lengths_text)
     if content_type == NPY:
@@ -309,8 +362,17 @@ def negotiate(request: Request) -> str:
     raise NotAcceptable(f"cannot answer with {accept!r}", {"supported": [JSON, NPY, NPZ]})
 
 
-async def pool(request: Request, state: ServiceState, name: str, version: int | None) -> Response:
-    """Decode, queue for the batched model run, add diagnostics, encode."""
+async def pool(
+    request: Request,
+    state: ServiceState,
+    name: str,
+    version: int | None,
+    extra_query: tuple[str, ...] = (),
+) -> Response:
+    """Decode, queue for the batched model run, add diagnostics, encode.
+
+    ``extra_query``: the route's own query parameters (not options).
+    """
     m, s = state.metrics, state.settings
     if not state.loaded:
         m.rejected.labels(name, "not_ready").inc()
@@ -321,6 +383,13 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
         m.rejected.labels(mv.name, "not_ready").inc()
         raise NotReady(f"model {mv.name}/{mv.version} is not loaded: {mv.error}")
     media = negotiate(request)
+    if mv.batcher.full:  # refused before its body is read: under overload, reading is the cost
+        m.rejected.labels(mv.name, "queue_full").inc()
+        raise Overloaded(
+            f"the queue is full ({s.max_queue_requests} requests); retry later",
+            {"queue": s.max_queue_requests},
+            headers={"Retry-After": str(s.retry_after_seconds)},
+        )
     started = time.perf_counter()
     try:
         body = await read_body(request, s.max_body_bytes)
@@ -328,8 +397,9 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
             batch, body_options = await asyncio.to_thread(decode, request, body, s)
         else:
             batch, body_options = decode(request, body, s)
+        skip = ("lengths", *extra_query)
         options = codecs.parse_options(
-            {k: v for k, v in request.query_params.items() if k != "lengths"},
+            {k: v for k, v in request.query_params.items() if k not in skip},
             body_options,
             max_top_k=1024,
             default_top_k=s.top_k,
@@ -337,8 +407,11 @@ async def pool(request: Request, state: ServiceState, name: str, version: int | 
     except PayloadTooLarge:
         m.rejected.labels(mv.name, "too_large").inc()
         raise
-    except InvalidInput:
+    except (InvalidInput, BadRequest, UnsupportedMediaType):
         m.rejected.labels(mv.name, "invalid").inc()
+        raise
+    except ClientDisconnect:  # the client left during the upload: nothing to answer
+        m.rejected.labels(mv.name, "client_gone").inc()
         raise
     if batch.embeddings.shape[2] != mv.input_dim:
         m.rejected.labels(mv.name, "invalid").inc()
@@ -460,6 +533,7 @@ def _add_routes(app: FastAPI) -> None:
         tags=["pool"],
         dependencies=auth,
         response_model=PoolResponse,
+        responses=POOL_RESPONSES,
         openapi_extra=POOL_OPENAPI,
         summary="Pool with the default model",
     )
@@ -471,15 +545,23 @@ def _add_routes(app: FastAPI) -> None:
         tags=["pool"],
         dependencies=auth,
         response_model=PoolResponse,
+        responses=POOL_RESPONSES,
         openapi_extra=POOL_OPENAPI,
         summary="Pool with a named model (latest or ?version=)",
     )
     async def pool_named(
         request: Request, state: State, name: str, version: int | None = None
     ) -> Response:
-        return await pool(request, state, name, version)
+        return await pool(request, state, name, version, extra_query=("version",))
 
-    @app.get("/models", tags=["models"], dependencies=auth, summary="Every served model")
+    @app.get(
+        "/models",
+        tags=["models"],
+        dependencies=auth,
+        response_model=ModelList,
+        responses=errors(401),
+        summary="Every served model",
+    )
     async def list_models(state: State) -> Response:
         return orjson_response(
             {
@@ -495,7 +577,14 @@ def _add_routes(app: FastAPI) -> None:
             }
         )
 
-    @app.get("/models/{name}", tags=["models"], dependencies=auth, summary="One model's versions")
+    @app.get(
+        "/models/{name}",
+        tags=["models"],
+        dependencies=auth,
+        response_model=ModelVersions,
+        responses=errors(401, 404, 422),
+        summary="One model's versions",
+    )
     async def get_model(state: State, name: str) -> Response:
         state.resolve(name, None)
         return orjson_response(
@@ -505,7 +594,14 @@ def _add_routes(app: FastAPI) -> None:
             }
         )
 
-    @app.get("/health/live", tags=["health"], dependencies=open_auth, summary="The process is up")
+    @app.get(
+        "/health/live",
+        tags=["health"],
+        dependencies=open_auth,
+        response_model=Live,
+        responses=errors(401),
+        summary="The process is up",
+    )
     async def live() -> Response:
         return orjson_response({"status": "alive"})
 
@@ -513,6 +609,11 @@ def _add_routes(app: FastAPI) -> None:
         "/health/ready",
         tags=["health"],
         dependencies=open_auth,
+        response_model=Ready,
+        responses={
+            503: {"model": NotReadyBody, "description": "loading, shutting down or broken"},
+            **errors(401),
+        },
         summary="Every model loaded, on its required provider, and a forward pass works",
     )
     async def ready(state: State) -> Response:
@@ -523,7 +624,14 @@ def _add_routes(app: FastAPI) -> None:
             return orjson_response({"status": "not_ready", "problems": problems}, 503)
         return orjson_response({"status": "ready"})
 
-    @app.get("/info", tags=["service"], dependencies=auth, summary="Versions, providers, limits")
+    @app.get(
+        "/info",
+        tags=["service"],
+        dependencies=auth,
+        response_model=Info,
+        responses=errors(401),
+        summary="Versions, providers, limits",
+    )
     async def info(state: State) -> Response:
         s = state.settings
         return orjson_response(
@@ -558,7 +666,20 @@ def _add_routes(app: FastAPI) -> None:
             }
         )
 
-    @app.get("/metrics", tags=["service"], dependencies=open_auth, summary="Prometheus exposition")
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        dependencies=open_auth,
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **errors(401),
+        },
+        summary="Prometheus exposition",
+    )
     async def prometheus_metrics(state: State) -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

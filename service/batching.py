@@ -146,6 +146,11 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def full(self) -> bool:
+        """The queue holds ``max_queue`` requests: the next one would be refused."""
+        return len(self._pending) >= self.limits.max_queue
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -164,6 +169,15 @@ class Batcher:
         self._pending.clear()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
+    def refuse_all(self, error: Exception) -> int:
+        """Stop taking work and fail every queued request with ``error`` (the batch running
+        now still completes); returns how many were failed. Used at the end of a graceful
+        shutdown, so that queued clients get an answer instead of a reset connection."""
+        self._closed = True
+        jobs, self._pending = self._pending, []
+        self._fail(jobs, error)
+        return len(jobs)
+
     @staticmethod
     def _fail(jobs: list[Job], error: Exception) -> None:
         for job in jobs:
@@ -179,7 +193,7 @@ class Batcher:
         """Queue one request and wait for its outputs (pooled (b, D), weights (b, H, n))."""
         if self._closed:
             raise NotReady("the server is shutting down")
-        if len(self._pending) >= self.limits.max_queue:
+        if self.full:
             if self._on_drop:
                 self._on_drop("queue_full")
             raise Overloaded(

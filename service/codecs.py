@@ -211,7 +211,7 @@ def _rest(data: dict[str, Any], used: set[str]) -> dict[str, Any]:
 
 def _decode_b64(data: dict[str, Any], limits: Limits) -> Batch:
     shape = data.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+    if not isinstance(shape, list) or not all(type(s) is int for s in shape):
         raise invalid("shape", "must be a list of integers, [B, N, D] or [N, D]")
     dtype_name = data.get("dtype", "float32")
     if dtype_name not in DTYPES:
@@ -230,7 +230,7 @@ def _decode_b64(data: dict[str, Any], limits: Limits) -> Batch:
     embeddings = _from_bytes(raw, tuple(shape), DTYPES[dtype_name], "embeddings_b64")
     lengths = data.get("lengths")
     if lengths is not None and (
-        not isinstance(lengths, list) or not all(isinstance(x, int) for x in lengths)
+        not isinstance(lengths, list) or not all(type(x) is int for x in lengths)
     ):
         raise invalid("lengths", "must be a list of integers")
     mask = _mask_from_lengths(lengths, b, n)
@@ -258,15 +258,15 @@ def _decode_lists(data: dict[str, Any], limits: Limits) -> Batch:
     arrays = []
     for i, item in enumerate(items):
         try:
-            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
-                array = np.asarray(item, dtype=np.float32)
+            parsed = np.asarray(item)  # float64 or int64 for numbers; strings, null: refused
         except (ValueError, TypeError):
             raise invalid(
                 "embeddings", "tokens must be lists of numbers of one length", item=i
             ) from None
-        if array.ndim != 2:
+        if parsed.ndim != 2 or parsed.dtype.kind not in "fiu":
             raise invalid("embeddings", "tokens must be lists of numbers", item=i)
-        arrays.append(array)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            arrays.append(parsed.astype(np.float32))
     dims = {a.shape[1] for a in arrays}
     if len(dims) != 1:
         raise invalid("embeddings", f"items have different dims {sorted(dims)}")
@@ -294,29 +294,40 @@ def _explicit_mask(value: Any, lengths: NDArray[np.int64], longest: int) -> NDAr
     return mask
 
 
+OPTIONS = ("return_weights", "diagnostics", "top_k")
+
+
 def parse_options(
     query: dict[str, str], body: dict[str, Any], max_top_k: int, default_top_k: int
 ) -> Options:
-    """Options from the query string, overridden by the same keys in a JSON body."""
-    merged: dict[str, Any] = dict(query) | body
-    unknown = sorted(set(body) - {"return_weights", "diagnostics", "top_k"})
-    if unknown:
-        raise invalid("body", f"unknown keys {unknown}")
-    weights = merged.get("return_weights", "mean")
+    """Options from the query string (text), overridden by the same keys in a JSON body (typed:
+    ``"diagnostics": "false"`` in a body is refused, as ``?diagnostics=false`` is not)."""
+    for where, given in (("query", query), ("body", body)):
+        unknown = sorted(set(given) - set(OPTIONS))
+        if unknown:
+            raise invalid(where, f"unknown keys {unknown}; options are {list(OPTIONS)}")
+    weights = body.get("return_weights", query.get("return_weights", "mean"))
     if weights not in ("none", "mean", "heads"):
         raise invalid("return_weights", f"must be none, mean or heads, got {weights!r}")
-    diagnostics = merged.get("diagnostics", True)
-    if isinstance(diagnostics, str):
-        if diagnostics.lower() not in ("true", "false", "1", "0"):
+    if "diagnostics" in body:
+        diagnostics = body["diagnostics"]
+        if not isinstance(diagnostics, bool):
             raise invalid("diagnostics", f"must be true or false, got {diagnostics!r}")
-        diagnostics = diagnostics.lower() in ("true", "1")
-    if not isinstance(diagnostics, bool):
-        raise invalid("diagnostics", "must be true or false")
-    top_k = merged.get("top_k", default_top_k)
-    try:
-        top_k = int(top_k)
-    except (TypeError, ValueError):
-        raise invalid("top_k", f"must be an integer, got {top_k!r}") from None
+    else:
+        text = query.get("diagnostics", "true")
+        if text.lower() not in ("true", "false"):
+            raise invalid("diagnostics", f"must be true or false, got {text[:20]!r}")
+        diagnostics = text.lower() == "true"
+    if "top_k" in body:
+        top_k = body["top_k"]
+        if type(top_k) is not int:  # bool is an int subclass: true is not a number of tokens
+            raise invalid("top_k", f"must be an integer, got {top_k!r}")
+    else:
+        text = query.get("top_k", str(default_top_k))
+        try:
+            top_k = int(text)
+        except ValueError:
+            raise invalid("top_k", f"must be an integer, got {text[:20]!r}") from None
     if not 0 <= top_k <= max_top_k:
         raise invalid("top_k", f"must be in [0, {max_top_k}], got {top_k}")
     return Options(return_weights=weights, diagnostics=diagnostics, top_k=top_k)

@@ -29,9 +29,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, path: str = "/health/ready") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -49,14 +49,16 @@ def running_server(
     port: int | None = None,
     cwd: Path = ROOT,
     env: dict[str, str] | None = None,
+    wait_for: str = "/health/ready",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield ``(base_url, process)`` of a server on ``repository``; SIGTERM it afterwards.
 
     The caller's ``ADAPOOL_*`` variables are not passed on. Host, port, repository and log level
     go to the server as ``ADAPOOL_*`` variables (as in a container), ``env`` adds more, and
     ``flags`` (which win over the environment) add the rest. ``python`` and ``cwd`` choose the
-    interpreter and folder (an installed environment, for example). Raises RuntimeError (with
-    the server's output) if it exits before it is ready.
+    interpreter and folder (an installed environment, for example). ``wait_for`` is the route
+    that must answer 200 first (``/health/live`` for a server that is meant to stay unready).
+    Raises RuntimeError (with the server's output) if it exits before that.
     """
     port = port or free_port(host)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ADAPOOL_")}
@@ -76,7 +78,7 @@ def running_server(
     url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + ready_timeout
-        while not _ready(url):
+        while not _ready(url, wait_for):
             if process.poll() is not None:
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise RuntimeError(f"server exited with {process.returncode}:\n{output}")

@@ -31,14 +31,14 @@ class ModelVersion:
         return int(self.manifest["input_dim"])
 
     def describe(self) -> dict[str, Any]:
-        m = self.manifest
+        m = self.manifest  # {} when manifest.json could not be read (then error says why)
         return {
             "name": self.name,
             "version": self.version,
-            "pooling": m["pooling"],
-            "input_dim": m["input_dim"],
-            "output_dim": m["output_dim"],
-            "heads": m["heads"],
+            "pooling": m.get("pooling"),
+            "input_dim": m.get("input_dim"),
+            "output_dim": m.get("output_dim"),
+            "heads": m.get("heads"),
             "opset": m.get("opset"),
             "signal_rule": m.get("signal_rule"),
             "provider": self.backend.provider if self.backend else None,
@@ -67,18 +67,32 @@ def _metrics_summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def scan(repository: Path, names: list[str]) -> dict[str, dict[int, ModelVersion]]:
-    """Every model version under ``repository`` (only ``names`` when given), by name and version."""
+    """Every model version under ``repository`` (only ``names`` when given), by name and version.
+
+    A version folder is one with a manifest.json or a model.onnx. One whose manifest cannot be
+    read, or whose model.onnx is missing, is still listed, with ``error`` set: it is reported
+    as not ready (readiness, /models, ``adapool_model_ready``) while the others serve.
+    """
     found: dict[str, dict[int, ModelVersion]] = {}
-    for manifest_file in sorted(repository.glob("*/*/manifest.json")):
-        version_dir = manifest_file.parent
+    candidates = {f.parent for f in repository.glob("*/*/manifest.json")}
+    candidates |= {f.parent for f in repository.glob("*/*/model.onnx")}
+    for version_dir in sorted(candidates):
         name = version_dir.parent.name
         if not version_dir.name.isdigit() or (names and name not in names):
             continue
-        if not (version_dir / "model.onnx").exists():
-            continue
-        manifest = json.loads(manifest_file.read_text())
         version = int(version_dir.name)
-        found.setdefault(name, {})[version] = ModelVersion(name, version, version_dir, manifest)
+        mv = ModelVersion(name, version, version_dir, {})
+        try:
+            mv.manifest = json.loads((version_dir / "manifest.json").read_text())
+            if not isinstance(mv.manifest, dict):
+                raise ValueError("manifest.json is not a JSON object")
+            int(mv.manifest["input_dim"])  # the one field the service needs to serve
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            mv.manifest = {}
+            mv.error = f"manifest.json: {type(exc).__name__}: {str(exc)[:200]}"
+        if mv.error is None and not (version_dir / "model.onnx").is_file():
+            mv.error = "model.onnx is missing"
+        found.setdefault(name, {})[version] = mv
     missing = sorted(set(names) - set(found))
     if missing:
         raise FileNotFoundError(f"models not found in {repository}: {', '.join(missing)}")

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
     )
     max_queue_requests: int = Field(256, gt=0, description="queued requests per model before 429")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429")
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="after SIGTERM, keep serving with readiness 503 this long (the load "
+        "balancer's readiness period) before closing the listener",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="then, time for in-flight requests to finish; requests still queued get 503",
+    )
 
     top_k: int = Field(5, ge=0, description="default number of top tokens in diagnostics")
     api_key: SecretStr | None = Field(None, description="if set, require Authorization: Bearer")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher, BatchLimits, Job, merge, select_batch, split
-from service.errors import InferenceFailed, Overloaded
+from service.errors import InferenceFailed, NotReady, Overloaded
 
 pytestmark = pytest.mark.anyio
 
@@ -148,3 +148,29 @@ async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -
     assert ran == [1]  # the two disconnected clients never reached the model
     assert drops == ["queue_full", "client_gone", "client_gone"]
     assert all(type(r).__name__ == "ClientGone" for r in results)
+
+
+async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
+    """The end of a graceful shutdown: queued requests get NotReady, the running one its
+    result, and nothing is accepted afterwards."""
+    gate = threading.Event()
+
+    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gate.wait(5)
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 10))
+    batcher.start()
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+    running = asyncio.create_task(batcher.submit(x, mask))
+    await asyncio.sleep(0.05)  # running now, blocked on the gate
+    queued = [asyncio.create_task(batcher.submit(x, mask)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert batcher.refuse_all(NotReady("the server is shutting down")) == 3
+    with pytest.raises(NotReady):
+        await batcher.submit(x, mask)
+    gate.set()
+    assert (await running)[0].shape == (1, 2)
+    results = await asyncio.gather(*queued, return_exceptions=True)
+    await batcher.close()
+    assert all(isinstance(r, NotReady) for r in results)

@@ -192,3 +192,25 @@ def test_encoders_round_trip() -> None:
     np.testing.assert_array_equal(np.load(io.BytesIO(codecs.encode_npy(a))), a)
     z = np.load(io.BytesIO(codecs.encode_npz({"a": a, "b": a.T})))
     np.testing.assert_array_equal(z["b"], a.T)
+
+
+def test_json_values_must_be_numbers() -> None:
+    """numpy would read "0.5" as 0.5 and true as 1.0: the wire says numbers, so refuse them."""
+    for value in ("0.5", True, None, {"v": 1}):
+        with pytest.raises(InvalidInput, match=r"embeddings\[0\]: tokens must be lists of numbers"):
+            codecs.decode_json(orjson.dumps({"embeddings": [[[value] * 4]]}), LIMITS)
+    batch, _ = codecs.decode_json(orjson.dumps({"embeddings": [[[1, -2, 3, 4]]]}), LIMITS)
+    assert batch.embeddings.dtype == np.float32 and batch.embeddings[0, 0].tolist() == [1, -2, 3, 4]
+    with pytest.raises(InvalidInput, match="shape: must be a list of integers"):
+        codecs.decode_json(orjson.dumps({"embeddings_b64": "", "shape": [True, 1, 4]}), LIMITS)
+
+
+def test_options_are_typed_in_a_body_and_unknown_query_keys_are_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"query: unknown keys \['topk'\]"):
+        codecs.parse_options({"topk": "3"}, {}, 10, 5)
+    for body in ({"diagnostics": "false"}, {"top_k": True}, {"top_k": 2.5}, {"top_k": "3"}):
+        with pytest.raises(InvalidInput):
+            codecs.parse_options({}, body, 10, 5)
+    with pytest.raises(InvalidInput, match="diagnostics: must be true or false"):
+        codecs.parse_options({"diagnostics": "1"}, {}, 10, 5)
+    assert codecs.parse_options({"diagnostics": "False"}, {"top_k": 0}, 10, 5).top_k == 0

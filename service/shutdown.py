@@ -1,0 +1,77 @@
+"""Graceful shutdown: uvicorn's server with a drain before it stops listening.
+
+On the first SIGTERM (or SIGINT) readiness turns 503 at once while requests are still served for
+``shutdown_drain_seconds``, so that a load balancer polling ``/health/ready`` stops sending new
+ones. Then uvicorn's own graceful shutdown runs: the listener closes, idle connections close,
+and in-flight requests get ``shutdown_timeout_seconds`` to finish. Requests still queued at that
+point get 503 ``not_ready`` (an answer, not a reset connection) and the process exits. A second
+signal skips the rest of the drain; a third SIGINT forces the exit (uvicorn's behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.app import ServiceState
+from service.errors import NotReady
+
+log = logging.getLogger("adapool.service")
+# Extra time uvicorn gives the requests failed with 503 to write their answers.
+ANSWER_SECONDS = 1.0
+
+
+class GracefulServer(uvicorn.Server):
+    """A uvicorn server for one app whose state is ``state``."""
+
+    def __init__(
+        self, config: uvicorn.Config, state: ServiceState, drain: float, timeout: float
+    ) -> None:
+        config.timeout_graceful_shutdown = int(timeout + ANSWER_SECONDS + 0.999)
+        super().__init__(config)
+        self.state = state
+        self.drain = drain
+        self.timeout = timeout
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: the first signal starts the drain, later ones are uvicorn's."""
+        if self._drain_until is None and not self.should_exit:
+            self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+            self.state.shutting_down = True  # readiness answers 503 from now on
+            self._drain_until = time.monotonic() + self.drain
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Called every 0.1 s by uvicorn's main loop; ends the drain when it is over."""
+        if self._drain_until is not None and not self.should_exit:
+            if self.drain and counter % 10 == 0:
+                left = max(0.0, self._drain_until - time.monotonic())
+                log.info("draining: readiness is 503, closing the listener in %.1f s", left)
+            if time.monotonic() >= self._drain_until:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.state.shutting_down = True
+        log.info("shutting down: in-flight requests have %.1f s", self.timeout)
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._refuse_queued)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+    def _refuse_queued(self) -> None:
+        refused = 0
+        for versions in self.state.models.values():
+            for mv in versions.values():
+                if mv.batcher is not None:
+                    refused += mv.batcher.refuse_all(NotReady("the server is shutting down"))
+        if refused:
+            log.warning("shutdown timeout: %d queued request(s) answered 503", refused)
