@@ -241,34 +241,33 @@ def test_the_service_runs_unprivileged_with_nothing_writable() -> None:
 def test_pinned_dependencies_have_no_known_vulnerabilities(tmp_path: Path) -> None:
     """pip-audit against every version pinned in constraints.txt (no resolution, no install).
 
-    Known vulnerabilities fail the test. If the vulnerability service cannot be reached, or
-    answers for none of the pinned versions, nothing was audited: the test says so and skips,
-    and fails instead under CI when the service is unreachable (CI has PyPI)."""
+    Known vulnerabilities fail the test. If the vulnerability service cannot be reached (or does
+    not answer within 3 minutes), or answers for none of the pinned versions, nothing was
+    audited: the test says so and skips, in CI too, so that a CI run never depends on an outside
+    service being up."""
     audit = tool("pip-audit", "PyPI pip-audit, in the dev extra: make setup")
     report = tmp_path / "audit.json"
-    result = subprocess.run(
-        [
-            audit,
-            "--requirement",
-            str(process.ROOT / "constraints.txt"),
-            "--no-deps",
-            "--disable-pip",
-            "--progress-spinner",
-            "off",
-            "--format",
-            "json",
-            "--output",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    command = [
+        audit,
+        "--requirement",
+        str(process.ROOT / "constraints.txt"),
+        "--no-deps",
+        "--disable-pip",
+        "--progress-spinner",
+        "off",
+        "--format",
+        "json",
+        "--output",
+        str(report),
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.skip("nothing audited: pip-audit's vulnerability service did not answer in 180 s")
     if not report.exists():
-        reason = f"pip-audit could not reach its vulnerability service: {result.stderr[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        pytest.skip(
+            f"nothing audited: pip-audit could not reach its service: {result.stderr[-500:]}"
+        )
     dependencies = json.loads(report.read_text())["dependencies"]
     vulnerable = [
         f"{d['name']} {d['version']}: {', '.join(v['id'] for v in d['vulns'])}"
