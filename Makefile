@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce signature models verify bench
+.PHONY: help setup setup-serve run test lint format lock clean reproduce signature models verify bench compare
 
 PRESET ?= cpu
 
@@ -47,6 +47,13 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
+
+$(VENV)/.bench.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev,bench]'
+	@touch $@ $(VENV)/.dev.stamp $(VENV)/.serve.stamp
+
+compare: $(VENV)/.bench.stamp  ## our server against naive FastAPI, LitServe and Triton, with a py-spy profile (needs hey)
+	$(BIN)/python -m bench.compare $(ARGS)
 
 verify: setup  ## check every model in model_repository/ (integrity, signature, ONNX Runtime vs PyTorch)
 	$(BIN)/python -m export.verify model_repository

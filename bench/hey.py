@@ -8,10 +8,11 @@ instead of parsing its summary text.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,17 @@ class LoadResult:
     wall_seconds: float
     p50_seconds: float
     p99_seconds: float
+    max_seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)  # transport errors: timeouts, resets
 
     @property
     def ok(self) -> int:
         return self.statuses.get(200, 0)
+
+    @property
+    def failed(self) -> int:
+        """Requests that did not answer 200: other statuses and transport errors."""
+        return sum(n for s, n in self.statuses.items() if s != 200) + sum(self.errors.values())
 
     @property
     def requests_per_second(self) -> float:
@@ -66,6 +74,54 @@ def parse_csv(text: str) -> LoadResult:
         wall_seconds=max(ends) - min(starts),
         p50_seconds=float(np.percentile(latencies, 50)),
         p99_seconds=float(np.percentile(latencies, 99)),
+        max_seconds=float(latencies.max()),
+    )
+
+
+_SUMMARY_SECONDS = re.compile(r"^\s*(Total|Slowest|Average):\s+([0-9.]+) secs", re.MULTILINE)
+_PERCENTILE = re.compile(r"^\s*(\d+)% in ([0-9.]+) secs", re.MULTILINE)
+_STATUS = re.compile(r"^\s+\[(\d+)\]\s+(\d+) responses")
+_ERROR = re.compile(r"^\s+\[(\d+)\]\s+(.*)$")
+
+
+def parse_summary(text: str) -> LoadResult:
+    """Figures from hey's default summary output.
+
+    Unlike ``-o csv``, the summary counts transport errors (timeouts, refused or reset
+    connections: its "Error distribution"), which never reach the CSV. Latencies are hey's own
+    percentiles of the requests that got an answer, to 0.1 ms; ``requests`` counts answers and
+    errors, ``wall_seconds`` is hey's total time, the tail of the last answers included.
+    """
+    seconds = {name: float(value) for name, value in _SUMMARY_SECONDS.findall(text)}
+    if "Total" not in seconds:
+        raise ValueError("not a hey summary: no 'Total:' line")
+    percentiles = {int(p): float(v) for p, v in _PERCENTILE.findall(text)}
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    section = ""
+    for line in text.splitlines():
+        if line.strip() and not line[0].isspace():  # a heading: "Status code distribution:"
+            section = line.split()[0]
+        elif section == "Status" and (match := _STATUS.match(line)):
+            statuses[int(match.group(1))] += int(match.group(2))
+        elif section == "Error" and (match := _ERROR.match(line)):
+            errors[match.group(2).strip()] += int(match.group(1))
+    answered = sum(statuses.values())
+    if answered + sum(errors.values()) == 0:
+        raise ValueError("hey reported no requests")
+    nan = float("nan")
+    slowest = seconds.get("Slowest", nan) if answered else nan
+    return LoadResult(
+        requests=answered + sum(errors.values()),
+        statuses=dict(sorted(statuses.items())),
+        wall_seconds=seconds["Total"],
+        # hey prints a percentile p only once it has more than 100 / (100 - p) answers: with a
+        # single answer p50 is missing (the average is that answer), under 100 answers p99 is
+        # missing (the slowest answer stands for it)
+        p50_seconds=percentiles.get(50, seconds.get("Average", nan) if answered else nan),
+        p99_seconds=percentiles.get(99, slowest),
+        max_seconds=slowest,
+        errors=dict(errors),
     )
 
 
@@ -99,3 +155,25 @@ def run(
         command += ["-H", f"{name}: {value}"]
     done = subprocess.run([*command, url], capture_output=True, check=True, timeout=seconds + 120)
     return parse_csv(done.stdout.decode())
+
+
+def run_summary(
+    url: str,
+    body: Path,
+    content_type: str,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    timeout: int = 20,
+) -> LoadResult:
+    """As :func:`run`, read from hey's summary (which counts transport errors); each request
+    gives up after ``timeout`` seconds (hey's ``-t``; an error then)."""
+    version()
+    command = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-t", str(timeout)]
+    command += ["-T", content_type, "-D", str(body), "-disable-compression"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    done = subprocess.run(
+        [*command, url], capture_output=True, check=True, timeout=seconds + timeout + 120
+    )
+    return parse_summary(done.stdout.decode())
