@@ -9,7 +9,6 @@ in process on the same items, so every server is known to serve the same model.
 
 from __future__ import annotations
 
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from bench.serve import Body, write_body
+from bench.serve import Body, post, write_body
 
 V2_HEADER = "Inference-Header-Content-Length"
 
@@ -121,15 +120,7 @@ def check(
 ) -> None:
     """One request: 200 with the expected pooled vectors and head-mean weights (within
     ``atol`` of ONNX Runtime in process), with diagnostics exactly where they should be."""
-    request = urllib.request.Request(
-        url,
-        data=body.path.read_bytes(),
-        headers={"Content-Type": body.content_type, **body.headers},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        data = response.read()
-        headers = {k.lower(): v for k, v in response.headers.items()}
+    data, headers = post(url, body, timeout=120)
     got = answer_arrays(series, data, headers)
     pooled, weights = expected
     for name, want in (("pooled", pooled), ("weights", weights.mean(axis=1))):

@@ -131,16 +131,22 @@ def write_body(folder: Path, fmt: str, x: np.ndarray) -> Body:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def check_body(url: str, body: Body, items: int) -> None:
-    """One request by hand before the load: it must answer 200 with ``items`` pooled vectors."""
+def post(url: str, body: Body, timeout: float = 60) -> tuple[bytes, dict[str, str]]:
+    """POST ``body`` once; returns the answer's bytes and its headers (lower-case names).
+    Raises urllib.error.HTTPError for any status but 2xx."""
     request = urllib.request.Request(
         url,
         data=body.path.read_bytes(),
         headers={"Content-Type": body.content_type, **body.headers},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = orjson.loads(response.read())
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read(), {k.lower(): v for k, v in response.headers.items()}
+
+
+def check_body(url: str, body: Body, items: int) -> None:
+    """One request by hand before the load: it must answer 200 with ``items`` pooled vectors."""
+    answer = orjson.loads(post(url, body)[0])
     got = len(answer["pooled"])
     if got != items:
         raise RuntimeError(f"{body.path.name}: expected {items} pooled vectors, got {got}")
