@@ -139,6 +139,24 @@ def version() -> str:
         return path
 
 
+def _command(
+    url: str,
+    body: Path,
+    content_type: str,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    *extra: str,
+) -> list[str]:
+    """hey's command line for a POST load of ``seconds`` at ``concurrency``, plus ``extra``."""
+    version()
+    command = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", *extra]
+    command += ["-T", content_type, "-D", str(body), "-disable-compression"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return [*command, url]
+
+
 def run(
     url: str,
     body: Path,
@@ -148,12 +166,8 @@ def run(
     seconds: float,
 ) -> LoadResult:
     """POST ``body`` to ``url`` from ``concurrency`` connections for ``seconds``."""
-    version()
-    command = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST"]
-    command += ["-T", content_type, "-D", str(body), "-o", "csv", "-disable-compression"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    done = subprocess.run([*command, url], capture_output=True, check=True, timeout=seconds + 120)
+    command = _command(url, body, content_type, headers, concurrency, seconds, "-o", "csv")
+    done = subprocess.run(command, capture_output=True, check=True, timeout=seconds + 120)
     return parse_csv(done.stdout.decode())
 
 
@@ -168,12 +182,6 @@ def run_summary(
 ) -> LoadResult:
     """As :func:`run`, read from hey's summary (which counts transport errors); each request
     gives up after ``timeout`` seconds (hey's ``-t``; an error then)."""
-    version()
-    command = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-t", str(timeout)]
-    command += ["-T", content_type, "-D", str(body), "-disable-compression"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    done = subprocess.run(
-        [*command, url], capture_output=True, check=True, timeout=seconds + timeout + 120
-    )
+    command = _command(url, body, content_type, headers, concurrency, seconds, "-t", str(timeout))
+    done = subprocess.run(command, capture_output=True, check=True, timeout=seconds + timeout + 120)
     return parse_summary(done.stdout.decode())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 
 from bench import hey
 from bench.serve import FORMATS, check_body, markdown, targets, write_body
+from tests.bench.conftest import needs_hey
 from tests.service.server import running_server
 
 CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
@@ -57,12 +56,6 @@ def test_targets_are_ratios_of_measured_figures() -> None:
     # npy vs raw ORT at c=32; npy vs JSON at c=1 and c=32; batched vs unbatched
     assert got == [(0.75, True), (9.0, False), (7.5, False), (3.0, True)]
     assert "200 items/s" in targets(results)[0]["context"]
-
-
-needs_hey = pytest.mark.skipif(
-    shutil.which("hey") is None and not os.environ.get("CI"),
-    reason="hey is not installed (apt-get install hey); CI installs it",
-)
 
 
 @needs_hey

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -24,15 +22,11 @@ from service import process
 from service.backend import OnnxBackend
 from service.process import ROOT, free_port
 from service.settings import Settings
+from tests.bench.conftest import needs_hey
 
 MODEL = Settings.model_fields["default_model"].default
 MODEL_FILE = ROOT / "model_repository" / MODEL / "1" / "model.onnx"
 TRITON_VENV = ROOT / "runs" / "bench" / "pytriton-venv"
-
-needs_hey = pytest.mark.skipif(
-    shutil.which("hey") is None and not os.environ.get("CI"),
-    reason="hey is not installed (apt-get install hey); CI installs it",
-)
 
 
 Items = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
