@@ -61,6 +61,14 @@ def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
     return buffer.getvalue()
 
 
+BROKEN_HEADER = (
+    b"\x93NUMPY\x01\x00\x76\x00"
+    + b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 16, }".ljust(117)
+    + b"\n"
+    + b"\x00" * 128
+)
+
+
 def b64(array: np.ndarray) -> str:
     return base64.b64encode(array.tobytes()).decode()
 
@@ -327,6 +335,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         "bad_request",
     ),
     ("npy not npy", POOL, raw(b"\x00" * 200, "application/x-npy"), 400, "bad_request"),
+    (
+        "npy header unbalanced (numpy's reader raises a tokenizer error)",
+        POOL,
+        raw(BROKEN_HEADER, "application/x-npy"),
+        400,
+        "bad_request",
+    ),
     (
         "npy header over limits",
         POOL,

@@ -66,6 +66,39 @@ def test_npy_both_orders_and_2d(x: np.ndarray, order: str) -> None:
     assert single.embeddings.shape == (1, 5, 4)
 
 
+def npy_with_header(header: str, data: bytes, version: int = 1) -> bytes:
+    """A .npy body with a header written by hand (padded the way numpy pads it)."""
+    size = 4 if version > 1 else 2
+    text = header.encode("latin-1")
+    pad = -(6 + 2 + size + len(text) + 1) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + len(text).to_bytes(size, "little") + text + data
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (5, 4), (4,), (), (0, 5, 4)])
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2", "<f8", "|u1"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npy_header_is_read_as_numpy_reads_it(
+    shape: tuple[int, ...], dtype: str, order: str
+) -> None:
+    body = npy(np.zeros(shape, dtype=dtype, order=order))  # type: ignore[call-overload]
+    stream = io.BytesIO(body)
+    np.lib.format.read_magic(stream)
+    want_shape, want_fortran, want_dtype = np.lib.format.read_array_header_1_0(stream)
+    assert codecs._npy_header(body) == (want_shape, want_fortran, want_dtype, stream.tell())
+
+
+def test_npy_headers_numpy_does_not_write_are_read_by_numpy(x: np.ndarray) -> None:
+    data = x.tobytes()
+    reordered = "{'shape': (3, 5, 4), 'fortran_order': False, 'descr': '<f4'}"
+    for body in (npy_with_header(reordered, data), npy_with_header(reordered, data, version=2)):
+        batch = codecs.decode_npy(body, None, LIMITS)
+        np.testing.assert_array_equal(batch.embeddings, x)
+    broken = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5, 4, }"
+    with pytest.raises(BadRequest, match=r"not a valid \.npy"):
+        codecs.decode_npy(npy_with_header(broken, data), None, LIMITS)
+
+
 def test_raw_bytes(x: np.ndarray) -> None:
     batch = codecs.decode_raw(x.tobytes(), (3, 5, 4), "float32", None, LIMITS)
     np.testing.assert_array_equal(batch.embeddings, x)
