@@ -12,6 +12,8 @@ import binascii
 import io
 import math
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -360,15 +362,56 @@ def parse_options(
 
 
 def encode_npy(array: NDArray[Any]) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    """``array`` as a version 1.0 .npy file, byte for byte what ``numpy.save`` writes.
+
+    ``numpy.save`` goes through a file object and formats its header in several steps; an
+    answer is small enough for that to be most of its cost.
+    """
+    array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (  # noqa: UP031
+        np.lib.format.dtype_to_descr(array.dtype),
+        array.shape,
+    )
+    padding = -(10 + len(header) + 1) % 64  # numpy aligns the data to 64 bytes
+    text = (header + " " * padding + "\n").encode("latin-1")
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + array.tobytes()
+
+
+_ZIP_DATE = 0x21  # 1980-01-01, the earliest date ZIP can hold (members carry no real time)
 
 
 def encode_npz(arrays: dict[str, NDArray[Any]]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **arrays)
-    return buffer.getvalue()
+    """An uncompressed .npz (a ZIP of .npy files, as ``numpy.savez`` writes), built in one pass.
+
+    ``numpy.savez`` writes through ``zipfile`` with ZIP64 records for every member: a quarter
+    of the server's time for a single-item request answered in .npz, in a profile. Answers stay
+    far below the 4 GiB that plain ZIP records can address (the body limit is smaller still).
+    """
+    files, central, offset = [], [], 0
+    for key, array in arrays.items():
+        name, data = f"{key}.npy".encode(), encode_npy(array)
+        crc, size = zlib.crc32(data), len(data)
+        local = struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, _ZIP_DATE, crc, size, size, len(name), 0
+        )
+        central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                *(0x02014B50, 20, 20, 0, 0, 0, _ZIP_DATE, crc, size, size, len(name)),
+                *(0, 0, 0, 0, 0, offset),
+            )
+            + name
+        )
+        files += [local, name, data]
+        offset += len(local) + len(name) + size
+    directory = b"".join(central)
+    count = len(central)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), offset, 0)
+    if offset + len(directory) >= 2**32:  # beyond plain ZIP: let numpy write ZIP64
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
+    return b"".join(files) + directory + end
 
 
 __all__ = [

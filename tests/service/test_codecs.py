@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zipfile
 
 import numpy as np
 import orjson
@@ -220,11 +221,35 @@ def test_options() -> None:
         codecs.parse_options({}, {"topk": 1}, 10, 5)
 
 
-def test_encoders_round_trip() -> None:
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(np.load(io.BytesIO(codecs.encode_npy(a))), a)
-    z = np.load(io.BytesIO(codecs.encode_npz({"a": a, "b": a.T})))
-    np.testing.assert_array_equal(z["b"], a.T)
+ANSWERS = [
+    np.arange(6, dtype=np.float32).reshape(2, 3),
+    np.arange(6, dtype=np.float32).reshape(2, 3).T,  # Fortran order in, C order out
+    np.ones((3, 2, 7), dtype=np.float32),
+    np.array([7, 5, 1]),
+    np.ones((2, 7), dtype=bool),
+    np.zeros((0, 16), dtype=np.float32),
+    np.array(3.0, dtype=np.float32),  # 0-d
+    np.zeros((1, 1), dtype=">f4"),
+]
+
+
+@pytest.mark.parametrize("array", ANSWERS, ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_npy_answers_are_what_numpy_save_writes(array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, order="C"))  # answers are always in C order
+    assert codecs.encode_npy(array) == buffer.getvalue()
+
+
+def test_npz_answers_are_valid_zips_that_numpy_loads() -> None:
+    arrays = {f"a{i}": a for i, a in enumerate(ANSWERS)}
+    body = codecs.encode_npz(arrays)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.testzip() is None  # every member's CRC checks out
+        assert archive.namelist() == [f"{k}.npy" for k in arrays]
+    with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+        for key, array in arrays.items():
+            assert npz[key].dtype == array.dtype and npz[key].shape == array.shape
+            np.testing.assert_array_equal(npz[key], array)
 
 
 def test_json_values_must_be_numbers() -> None:
