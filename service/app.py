@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,8 +30,8 @@ from starlette.requests import ClientDisconnect
 
 from service import codecs
 from service.backend import OnnxBackend
-from service.batching import Batcher, BatchLimits, BatchStats, ClientGone
-from service.diagnostics import SIGNAL_RULE, diagnose_batch
+from service.batching import Batcher, BatchLimits, BatchStats, ClientGone, Outputs, RunFn
+from service.diagnostics import SIGNAL_RULE, Summary, describe, summarise
 from service.errors import (
     BadRequest,
     InvalidInput,
@@ -45,9 +46,10 @@ from service.errors import (
     UnsupportedMediaType,
     invalid,
 )
-from service.metrics import Metrics
+from service.metrics import Metrics, ModelMetrics
 from service.middleware import RequestContext, request_id_of
 from service.openapi import (
+    POOL_NAMED_OPENAPI,
     POOL_OPENAPI,
     POOL_RESPONSES,
     Info,
@@ -68,6 +70,7 @@ NPY = "application/x-npy"
 NPZ = "application/x-npz"
 RAW = "application/octet-stream"
 OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded in a worker thread
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 @dataclass
@@ -119,8 +122,13 @@ async def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-async def require_key(request: Request, state: State) -> None:
-    """Authorization: Bearer <api_key>, compared in constant time (when a key is set)."""
+async def require_key(request: Request) -> None:
+    """Authorization: Bearer <api_key>, compared in constant time.
+
+    A dependency of every keyed route, added only when a key is set (``_add_routes``): without
+    one, FastAPI has nothing to solve for it on each request.
+    """
+    state: ServiceState = request.app.state.service
     key = state.settings.api_key
     if key is None:
         return
@@ -134,7 +142,7 @@ async def require_key(request: Request, state: State) -> None:
 
 async def require_key_unless_open(request: Request, state: State) -> None:
     if not state.settings.open_health_and_metrics:
-        await require_key(request, state)
+        await require_key(request)
 
 
 def orjson_response(
@@ -171,20 +179,28 @@ def _load(state: ServiceState) -> None:
 
 
 def _batch_observer(state: ServiceState, name: str) -> Any:
-    m = state.metrics
+    m = state.metrics.model(name)
 
     def on_batch(stats: BatchStats, seconds: float) -> None:
-        m.batch_size.labels(name).observe(stats.items)
-        m.batch_tokens.labels(name).observe(stats.tokens)
-        m.padding_ratio.labels(name).observe(1.0 - stats.real_tokens / stats.tokens)
-        m.stage_duration.labels(name, "inference").observe(seconds)
+        m.batch_size.observe(stats.items)
+        m.batch_tokens.observe(stats.tokens)
+        m.padding_ratio.observe(1.0 - stats.real_tokens / stats.tokens)
+        m.inference.observe(seconds)
         for wait in stats.queue_seconds:
-            m.stage_duration.labels(name, "queue").observe(wait)
+            m.queue.observe(wait)
 
-    def on_drop(reason: str) -> None:
-        m.rejected.labels(name, reason).inc()
+    return on_batch, m.reject
 
-    return on_batch, on_drop
+
+def _run_and_summarise(backend: OnnxBackend) -> RunFn:
+    """The batcher's run: the model, then the diagnostics arrays of the whole batch, both in the
+    worker thread (one vectorised pass per run, not one per request on the event loop)."""
+
+    def run(embeddings: np.ndarray, mask: np.ndarray) -> Outputs:
+        pooled, weights = backend.run(embeddings, mask)
+        return Outputs(pooled, weights, summarise(weights, mask))
+
+    return run
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -211,7 +227,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             for mv in versions.values():
                 if mv.backend is not None and mv.error is None:
                     on_batch, on_drop = _batch_observer(state, mv.name)
-                    mv.batcher = Batcher(mv.backend.run, limits, on_batch=on_batch, on_drop=on_drop)
+                    mv.batcher = Batcher(
+                        _run_and_summarise(mv.backend), limits, on_batch=on_batch, on_drop=on_drop
+                    )
                     mv.batcher.start()
         state.loaded = True
         try:
@@ -232,7 +250,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.service = state
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app, state)
-    _add_routes(app)
+    _add_routes(app, keyed=settings.api_key is not None)
     if settings.api_key is not None:
         _document_auth(app, settings)
     return app
@@ -373,18 +391,19 @@ async def pool(
 
     ``extra_query``: the route's own query parameters (not options).
     """
-    m, s = state.metrics, state.settings
-    if not state.loaded:
-        m.rejected.labels(name, "not_ready").inc()
+    s = state.settings
+    if not state.loaded:  # the name is not known to be served yet: no model label
+        state.metrics.rejected.labels("", "not_ready").inc()
         raise NotReady("models are loading")
     mv = state.resolve(name, version)
     request.state.model = mv.name
+    m = state.metrics.model(mv.name)
     if mv.batcher is None or mv.error:
-        m.rejected.labels(mv.name, "not_ready").inc()
+        m.reject("not_ready")
         raise NotReady(f"model {mv.name}/{mv.version} is not loaded: {mv.error}")
     media = negotiate(request)
     if mv.batcher.full:  # refused before its body is read: under overload, reading is the cost
-        m.rejected.labels(mv.name, "queue_full").inc()
+        m.reject("queue_full")
         raise Overloaded(
             f"the queue is full ({s.max_queue_requests} requests); retry later",
             {"queue": s.max_queue_requests},
@@ -405,16 +424,16 @@ async def pool(
             default_top_k=s.top_k,
         )
     except PayloadTooLarge:
-        m.rejected.labels(mv.name, "too_large").inc()
+        m.reject("too_large")
         raise
     except (InvalidInput, BadRequest, UnsupportedMediaType):
-        m.rejected.labels(mv.name, "invalid").inc()
+        m.reject("invalid")
         raise
     except ClientDisconnect:  # the client left during the upload: nothing to answer
-        m.rejected.labels(mv.name, "client_gone").inc()
+        m.reject("client_gone")
         raise
     if batch.embeddings.shape[2] != mv.input_dim:
-        m.rejected.labels(mv.name, "invalid").inc()
+        m.reject("invalid")
         raise invalid(
             "embeddings",
             f"token dim {batch.embeddings.shape[2]} does not match the model's input dim "
@@ -423,13 +442,13 @@ async def pool(
     try:
         _check_query_tokens(mv, batch)
     except InvalidInput:
-        m.rejected.labels(mv.name, "invalid").inc()
+        m.reject("invalid")
         raise
-    m.stage_duration.labels(mv.name, "decode").observe(time.perf_counter() - started)
+    m.decode.observe(time.perf_counter() - started)
 
-    m.queue_depth.labels(mv.name).set(mv.batcher.depth + 1)
+    m.queue_depth.set(mv.batcher.depth + 1)
     try:
-        pooled, weights = await mv.batcher.submit(
+        pooled, weights, summary = await mv.batcher.submit(
             batch.embeddings, batch.attention_mask, request.is_disconnected
         )
     except ClientGone:
@@ -438,19 +457,19 @@ async def pool(
         exc.headers["Retry-After"] = str(s.retry_after_seconds)
         raise
     except NotReady:
-        m.rejected.labels(mv.name, "not_ready").inc()
+        m.reject("not_ready")
         raise
     finally:
-        m.queue_depth.labels(mv.name).set(mv.batcher.depth)
+        m.queue_depth.set(mv.batcher.depth)
 
     started = time.perf_counter()
     provider = mv.backend.provider if mv.backend else "unknown"
     headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version), "X-Provider": provider}
     if media != JSON:
         response = _binary_response(media, pooled, weights, batch, headers)
-        m.stage_duration.labels(mv.name, "encode").observe(time.perf_counter() - started)
+        m.encode.observe(time.perf_counter() - started)
         return response
-    mean = weights.mean(axis=1)  # (B, N) head mean
+    assert isinstance(summary, Summary)
     result: dict[str, Any] = {
         "model": mv.name,
         "version": mv.version,
@@ -458,21 +477,30 @@ async def pool(
         "pooled": pooled,
     }
     lengths = batch.lengths.tolist()
-    if options.return_weights == "mean":
-        result["weights"] = [mean[i, :n] for i, n in enumerate(lengths)]
+    if options.return_weights == "mean":  # the head mean, from the run's summary
+        result["weights"] = [summary.mean[i, :n] for i, n in enumerate(lengths)]
     elif options.return_weights == "heads":
         result["weights"] = [np.ascontiguousarray(weights[i, :, :n]) for i, n in enumerate(lengths)]
     diagnostics_seconds = 0.0
     if options.diagnostics:
         t = time.perf_counter()
-        result["diagnostics"] = _diagnostics(mv.name, mean, batch, options.top_k, m)
+        result["diagnostics"] = _diagnostics(summary, options.top_k, m)
         diagnostics_seconds = time.perf_counter() - t
-        m.stage_duration.labels(mv.name, "diagnostics").observe(diagnostics_seconds)
+        m.diagnostics.observe(diagnostics_seconds)
     result["request_id"] = request_id_of(request)
     response = orjson_response(result, headers=headers)
     encode_seconds = time.perf_counter() - started - diagnostics_seconds
-    m.stage_duration.labels(mv.name, "encode").observe(encode_seconds)
+    m.encode.observe(encode_seconds)
     return response
+
+
+def _version(text: str | None) -> int | None:
+    """?version=, an integer (parsed here: the pool routes leave FastAPI no parameters)."""
+    if text is None:
+        return None
+    if not _INTEGER.fullmatch(text):
+        raise invalid("version", f"must be an integer, got {text[:40]!r}")
+    return int(text)
 
 
 def _check_query_tokens(mv: ModelVersion, batch: codecs.Batch) -> None:
@@ -490,17 +518,13 @@ def _check_query_tokens(mv: ModelVersion, batch: codecs.Batch) -> None:
             )
 
 
-def _diagnostics(
-    name: str, mean: np.ndarray, batch: codecs.Batch, top_k: int, m: Metrics
-) -> list[dict[str, Any]]:
-    out = diagnose_batch(mean, batch.attention_mask, top_k)
-    entropy, effective = m.entropy.labels(name), m.effective_tokens.labels(name)
-    snr = m.estimated_snr.labels(name)
+def _diagnostics(summary: Summary, top_k: int, m: ModelMetrics) -> list[dict[str, Any]]:
+    out = describe(summary, top_k)
     for item in out:
         if item["normalized_entropy"] is not None:
-            entropy.observe(item["normalized_entropy"])
-        effective.observe(item["effective_tokens"])
-        snr.observe(item["estimated_snr"])
+            m.entropy.observe(item["normalized_entropy"])
+        m.effective_tokens.observe(item["effective_tokens"])
+        m.estimated_snr.observe(item["estimated_snr"])
     return out
 
 
@@ -524,10 +548,13 @@ def _binary_response(
     return Response(body, media_type=NPZ, headers=headers)
 
 
-def _add_routes(app: FastAPI) -> None:
-    auth = [Depends(require_key)]
-    open_auth = [Depends(require_key_unless_open)]
+def _add_routes(app: FastAPI, keyed: bool) -> None:
+    auth = [Depends(require_key)] if keyed else []
+    open_auth = [Depends(require_key_unless_open)] if keyed else []
 
+    # The pool routes are the hot path: they take the state from the app rather than through a
+    # dependency, so without an API key FastAPI solves no dependencies for them (a quarter of
+    # the app's own time per request in a profile of single-item requests).
     @app.post(
         "/pool",
         tags=["pool"],
@@ -537,7 +564,8 @@ def _add_routes(app: FastAPI) -> None:
         openapi_extra=POOL_OPENAPI,
         summary="Pool with the default model",
     )
-    async def pool_default(request: Request, state: State) -> Response:
+    async def pool_default(request: Request) -> Response:
+        state: ServiceState = request.app.state.service
         return await pool(request, state, state.settings.default_model, None)
 
     @app.post(
@@ -546,12 +574,13 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=auth,
         response_model=PoolResponse,
         responses=POOL_RESPONSES,
-        openapi_extra=POOL_OPENAPI,
+        openapi_extra=POOL_NAMED_OPENAPI,
         summary="Pool with a named model (latest or ?version=)",
     )
-    async def pool_named(
-        request: Request, state: State, name: str, version: int | None = None
-    ) -> Response:
+    async def pool_named(request: Request) -> Response:
+        state: ServiceState = request.app.state.service
+        name: str = request.path_params["name"]
+        version = _version(request.query_params.get("version"))
         return await pool(request, state, name, version, extra_query=("version",))
 
     @app.get(

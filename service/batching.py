@@ -14,14 +14,29 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import InferenceFailed, NotReady, Overloaded
 
-Outputs = tuple[NDArray[np.float32], NDArray[np.float32]]
-RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Outputs]
+
+class Rows(Protocol):
+    """Per-item results beyond the model's outputs (the diagnostics summary), one row per item."""
+
+    def rows(self, index: slice) -> Rows: ...
+
+
+class Outputs(NamedTuple):
+    """What a run returns for its batch, and what each request gets back: its own rows."""
+
+    pooled: NDArray[np.float32]  # (B, D)
+    weights: NDArray[np.float32]  # (B, H, N)
+    extra: Rows | None = None  # computed in the worker thread after the model run
+
+
+RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], tuple[Any, ...]]
 
 
 class ClientGone(Exception):
@@ -99,13 +114,15 @@ def merge(batch: list[Job]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     return embeddings, mask
 
 
-def split(batch: list[Job], outputs: Outputs) -> list[Outputs]:
-    """Each job's own rows of pooled (B, D) and weights (B, H, N), trimmed to its length."""
-    pooled, weights = outputs
+def split(batch: list[Job], outputs: tuple[Any, ...]) -> list[Outputs]:
+    """Each job's own rows of pooled (B, D) and weights (B, H, N), the weights trimmed to its
+    length, and its rows of the extra result if the run gave one (left padded: it has a mask)."""
+    run = Outputs(*outputs)
     results, row = [], 0
     for job in batch:
         rows = slice(row, row + job.items)
-        results.append((pooled[rows], weights[rows, :, : job.length]))
+        extra = run.extra.rows(rows) if run.extra is not None else None
+        results.append(Outputs(run.pooled[rows], run.weights[rows, :, : job.length], extra))
         row += job.items
     return results
 

@@ -17,8 +17,9 @@ All figures come from the head-mean weights w_1..w_n over an item's n real token
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,58 +49,113 @@ class Diagnostics:
     noise_mass: float
 
 
-def diagnose_batch(
-    weights: NDArray[np.floating], mask: NDArray[np.bool_], top_k: int
-) -> list[dict[str, Any]]:
-    """Diagnostics of every item of a batch, vectorised over the batch (the service's path).
+class Summary(NamedTuple):
+    """The diagnostics of a batch as arrays, one row per item, computed once per model run (in
+    the batcher's worker thread, off the event loop) and sliced by rows for each request.
+
+    Token axes keep the run's padded length; ``mask`` says which tokens are real.
+    """
+
+    mean: NDArray[np.float32]  # (B, N) head-mean weights (0 on padding)
+    mask: NDArray[np.bool_]  # (B, N)
+    n: NDArray[np.int64]  # (B,) real tokens
+    entropy: NDArray[np.float64]  # (B,)
+    normalized: NDArray[np.float64]  # (B,)
+    order: NDArray[np.intp]  # (B, N) tokens by weight, largest first; padding last
+    ranked: NDArray[np.float64]  # (B, N) the weights in that order
+    signal: NDArray[np.bool_]  # (B, N) the estimated signal set
+    snr: NDArray[np.float64]  # (B,)
+    noise_mass: NDArray[np.float64]  # (B,)
+
+    def rows(self, index: slice) -> Summary:
+        return Summary._make(a[index] for a in self)
+
+
+def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary:
+    """Diagnostics arrays of a batch, vectorised over it.
 
     Args:
-        weights: (B, N) head-mean pooling weights; each row's real tokens sum to 1.
+        weights: (B, H, N) per-head or (B, N) head-mean pooling weights; each row's real tokens
+            sum to 1.
         mask: (B, N) True on real tokens (every row has at least one).
-        top_k: how many top tokens to list per item (fewer if it has fewer real tokens).
-
-    Returns one JSON-ready dict per item. Token indices are positions in the item (a token
-    hidden by the mask is never listed), so they stay right when a mask has holes.
     """
-    w = np.where(mask, np.asarray(weights, dtype=np.float64), 0.0)
+    mean = weights.mean(axis=1) if weights.ndim == 3 else np.asarray(weights)
+    w = np.where(mask, mean.astype(np.float64), 0.0)
     n = mask.sum(axis=1)
     logs = np.log(np.where(w > 0, w, 1.0))  # 0 ln 0 = 0
     entropy = -(w * logs).sum(axis=1)
     # float32 weights can put the entropy a hair above ln n: keep the ratio in [0, 1].
     normalized = np.clip(entropy / np.log(np.maximum(n, 2)), 0.0, 1.0)
-    top = np.where(mask, w, -np.inf).max(axis=1, keepdims=True)
-    signal = mask & (w >= SIGNAL_SHARE_OF_MAX * top)
+    # Masked tokens sort last; among equal weights the lower index comes first (stable sort).
+    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
+    ranked = np.take_along_axis(w, order, axis=1)
+    signal = mask & (w >= SIGNAL_SHARE_OF_MAX * ranked[:, :1])
     noise_mass = np.where(signal, 0.0, w).sum(axis=1)
     snr = signal.sum(axis=1) / n
-    keep = min(top_k, w.shape[1]) if top_k > 0 else 1  # the max token is always computed
-    # Masked tokens sort last; among equal weights the lower index comes first (stable sort).
-    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")[:, :keep]
-    top_weights = np.take_along_axis(w, order, axis=1)
+    return Summary(
+        mean.astype(np.float32, copy=False),
+        mask,
+        n,
+        entropy,
+        normalized,
+        order,
+        ranked,
+        signal,
+        snr,
+        noise_mass,
+    )
+
+
+def describe(summary: Summary, top_k: int) -> list[dict[str, Any]]:
+    """One JSON-ready dict per item of ``summary`` (``top_k`` top tokens each, fewer if the item
+    has fewer real tokens). Token indices are positions in the item (a token hidden by the mask
+    is never listed), so they stay right when a mask has holes."""
+    s = summary
+    keep = max(1, top_k)  # the max token is always given
+    orders, ranked = s.order[:, :keep].tolist(), s.ranked[:, :keep].tolist()
     out = []
-    for i, (count, ent, norm, eff) in enumerate(
+    for i, (count, ent, norm, snr, noise) in enumerate(
         zip(
-            n.tolist(), entropy.tolist(), normalized.tolist(), np.exp(entropy).tolist(), strict=True
+            s.n.tolist(),
+            s.entropy.tolist(),
+            s.normalized.tolist(),
+            s.snr.tolist(),
+            s.noise_mass.tolist(),
+            strict=True,
         )
     ):
-        tokens, values = order[i].tolist(), top_weights[i].tolist()
+        tokens, values = orders[i], ranked[i]
         shown = min(top_k, count)
         out.append(
             {
                 "entropy": ent,
                 "normalized_entropy": norm if count > 1 else None,
-                "effective_tokens": eff,
+                "effective_tokens": math.exp(ent),
                 "max_weight": values[0],
                 "max_token": tokens[0],
                 "top_tokens": [
                     {"token": t, "weight": v}
                     for t, v in zip(tokens[:shown], values[:shown], strict=True)
                 ],
-                "signal_tokens": np.flatnonzero(signal[i]).tolist(),
-                "estimated_snr": float(snr[i]),
-                "noise_mass": float(noise_mass[i]),
+                "signal_tokens": np.flatnonzero(s.signal[i]).tolist(),
+                "estimated_snr": snr,
+                "noise_mass": noise,
             }
         )
     return out
+
+
+def diagnose_batch(
+    weights: NDArray[np.floating], mask: NDArray[np.bool_], top_k: int
+) -> list[dict[str, Any]]:
+    """Diagnostics of every item of a batch: :func:`describe` of :func:`summarise`.
+
+    Args:
+        weights: (B, N) head-mean pooling weights; each row's real tokens sum to 1.
+        mask: (B, N) True on real tokens (every row has at least one).
+        top_k: how many top tokens to list per item (fewer if it has fewer real tokens).
+    """
+    return describe(summarise(weights, mask), top_k)
 
 
 def diagnose(weights: NDArray[np.floating], top_k: int) -> Diagnostics:

@@ -101,7 +101,11 @@ class RequestContext:
 
 
 def _route_template(scope: Scope) -> str:
-    app = scope.get("app")
+    matched = scope.get("route")  # set by the router on a match (an API route has methods)
+    methods = getattr(matched, "methods", None)
+    if matched is not None and methods and scope.get("method") in methods:
+        return str(matched.path)
+    app = scope.get("app")  # a partial match (405), or a route without methods: search
     router = getattr(app, "router", None)
     for route in getattr(router, "routes", []):
         match, _ = route.matches(scope)

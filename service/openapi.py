@@ -298,3 +298,19 @@ POOL_OPENAPI: dict[str, Any] = {
         },
     ],
 }
+
+# The named route reads its path and version itself (no parameter solving on the hot path);
+# these document them as FastAPI would have.
+POOL_NAMED_OPENAPI: dict[str, Any] = POOL_OPENAPI | {
+    "parameters": [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "version",
+            "in": "query",
+            "required": False,
+            "schema": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "description": "the model version (default: the newest that loaded)",
+        },
+        *POOL_OPENAPI["parameters"],
+    ]
+}

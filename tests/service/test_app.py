@@ -65,6 +65,11 @@ async def test_api_key() -> None:
         assert (await c.get("/health/ready")).status_code == 200  # open by default
         assert (await c.get("/metrics")).status_code == 200
         assert (await c.get("/models")).status_code == 401
+        # the key is checked before anything else about the request
+        named = await c.post("/models/knn-avg/pool?version=x", json=BODY)
+        assert named.status_code == 401
+        security = (await c.get("/openapi.json")).json()["paths"]["/pool"]["post"]["security"]
+        assert security == [{"bearer": []}]
     async with client(api_key="s3cret", open_health_and_metrics=False) as c:
         assert (await c.get("/metrics")).status_code == 401
 

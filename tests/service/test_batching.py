@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -63,9 +64,28 @@ def test_merge_and_split_are_exact() -> None:
     pooled = np.arange(6, dtype=np.float32)[:, None].repeat(2, 1)
     weights = np.ones((6, 1, 7), dtype=np.float32)
     parts = split(jobs, (pooled, weights))
-    assert [p.shape for p, _ in parts] == [(2, 2), (1, 2), (3, 2)]
-    assert [w.shape for _, w in parts] == [(2, 1, 3), (1, 1, 7), (3, 1, 1)]
-    assert parts[2][0][:, 0].tolist() == [3, 4, 5]
+    assert [p.pooled.shape for p in parts] == [(2, 2), (1, 2), (3, 2)]
+    assert [p.weights.shape for p in parts] == [(2, 1, 3), (1, 1, 7), (3, 1, 1)]
+    assert parts[2].pooled[:, 0].tolist() == [3, 4, 5]
+    assert all(p.extra is None for p in parts)
+
+
+@dataclass
+class Numbered:
+    """An extra result: each row is its item's number in the run."""
+
+    values: np.ndarray
+
+    def rows(self, index: slice) -> Numbered:
+        return Numbered(self.values[index])
+
+
+def test_split_gives_each_job_its_rows_of_the_extra_result() -> None:
+    jobs = [job(2, 3, 0.0), job(1, 7, 0.0), job(3, 1, 0.0)]
+    _, mask = merge(jobs)
+    pooled, weights = fake_model(np.zeros((*mask.shape, 2), np.float32), mask)
+    parts = split(jobs, (pooled, weights, Numbered(np.arange(6))))
+    assert [p.extra.values.tolist() for p in parts if p.extra] == [[0, 1], [2], [3, 4, 5]]
 
 
 def fake_model(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +110,9 @@ async def test_concurrent_requests_are_batched_and_split_back() -> None:
     )
     await batcher.close()
     assert sum(runs) == 20 and len(runs) < 20  # merged into fewer runs
-    for x, (pooled, weights) in zip(inputs, results, strict=True):
-        np.testing.assert_allclose(pooled[0], x[0].mean(0), rtol=1e-5, atol=1e-6)
-        assert weights.shape == (1, 1, x.shape[1])
+    for x, out in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(out.pooled[0], x[0].mean(0), rtol=1e-5, atol=1e-6)
+        assert out.weights.shape == (1, 1, x.shape[1])
 
 
 async def test_a_failed_run_fails_only_its_batch() -> None:
