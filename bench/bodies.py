@@ -9,6 +9,7 @@ in process on the same items, so every server is known to serve the same model.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Series:
     label: str
     binary: bool  # the server's binary path (the targets compare these)
     query: str = ""
+    accept: str = ""  # the Accept header, where the answer is not JSON
 
 
 SERIES = (
@@ -41,6 +43,14 @@ SERIES = (
         "ours, .npy -> JSON, diagnostics=false",
         True,
         "?diagnostics=false",
+    ),
+    Series(
+        "ours-npz",
+        "ours",
+        "npy",
+        "ours, .npy -> .npz (pooled, weights)",
+        True,
+        accept="application/x-npz",
     ),
     Series("ours-json", "ours", "json", "ours, JSON lists -> JSON + diagnostics", False),
     Series("naive-json", "naive", "json", "naive FastAPI, JSON lists (pydantic)", False),
@@ -81,7 +91,10 @@ def write_v2_body(folder: Path, fmt: str, x: NDArray[np.float32]) -> Body:
 def body_for(folder: Path, series: Series, x: NDArray[np.float32]) -> Body:
     if series.fmt.startswith("v2"):
         return write_v2_body(folder, series.fmt, x)
-    return write_body(folder, series.fmt, x)
+    body = write_body(folder, series.fmt, x)
+    if series.accept:
+        return Body(body.path, body.content_type, body.headers | {"Accept": series.accept})
+    return body
 
 
 def parse_v2(body: bytes, header_length: int | None) -> dict[str, NDArray[np.float32]]:
@@ -104,6 +117,9 @@ def answer_arrays(series: Series, body: bytes, headers: dict[str, str]) -> dict[
     if series.server == "triton":
         length = headers.get(V2_HEADER.lower())
         return parse_v2(body, int(length) if length is not None else None)
+    if series.accept == "application/x-npz":
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            return {"pooled": npz["pooled"], "weights": npz["weights"].mean(axis=1)}
     answer = orjson.loads(body)
     out = {k: np.asarray(answer[k], dtype=np.float32) for k in ("pooled", "weights")}
     if "diagnostics" in answer:
@@ -131,6 +147,8 @@ def check(
                 f"{series.name}: {name} {have.shape} differs from ONNX Runtime's {want.shape} "
                 f"(max abs difference {worst:.2g})"
             )
-    wants_diagnostics = series.server == "ours" and "diagnostics=false" not in series.query
+    wants_diagnostics = (
+        series.server == "ours" and "diagnostics=false" not in series.query and not series.accept
+    )
     if ("diagnostics" in got) != wants_diagnostics:
         raise RuntimeError(f"{series.name}: diagnostics present: {'diagnostics' in got}")

@@ -92,7 +92,7 @@ class Run:
     bodies: dict[tuple[str, str, int], Body] = field(default_factory=dict)
 
     def body(self, series: Series, model: str, items: int) -> Body:
-        key = (series.fmt, model, items)
+        key = (series.fmt + series.accept, model, items)
         if key not in self.bodies:
             self.bodies[key] = body_for(self.folder, series, self.batches[model][:items])
         return self.bodies[key]

@@ -66,7 +66,7 @@ def test_naive_peer_and_our_server_answer_alike_under_load(tmp_path: Path, items
     assert p.poll() is not None  # stopped, its process group too
     with process.running_server(ROOT / "model_repository", ["--models", MODEL]) as (base, ours):
         url = f"{base}/models/{MODEL}/pool"
-        for series in ("ours-npy", "ours-npy-nodiag", "ours-json"):
+        for series in ("ours-npy", "ours-npy-nodiag", "ours-npz", "ours-json"):
             checked(url + BY_NAME[series].query, series, tmp_path, items)  # diagnostics as asked
         load(url, "ours-npy", tmp_path, items[0], ours.pid)
 
