@@ -3,7 +3,8 @@
 ``python -m bench.inproc`` starts the app's lifespan (the real models, the real batcher and ONNX
 Runtime), then sends ``--requests`` POSTs to ``/models/{model}/pool`` through the ASGI interface,
 ``--concurrency`` at a time, and prints requests/s, items/s and the process's CPU time per
-request (the event loop and ONNX Runtime's threads together). No socket, no load generator
+request (the event loop and ONNX Runtime's threads together), and the garbage collector's
+pauses meanwhile. No socket, no load generator
 sharing the cores: what is left is routing, middleware, decoding, batching, the model run,
 diagnostics, encoding and metrics, which is what a change to ``service/`` moves. ``--profile``
 adds the top of a cProfile of the event loop's thread.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import json
 import os
@@ -86,6 +88,29 @@ async def post(app: Any, path: str, body: bytes, accept: str) -> int:
     return status
 
 
+class CollectorPauses:
+    """Times the garbage collector's runs (a ``gc.callbacks`` entry): a collection stops the
+    event loop, and every request in flight waits for it."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+
+    def summary(self) -> dict[str, Any]:
+        every = [p for pauses in self.pauses.values() for p in pauses]
+        return {
+            "gc_collections": [len(self.pauses[g]) for g in (0, 1, 2)],
+            "gc_ms": sum(every) * 1000,
+            "gc_max_pause_ms": max(every, default=0.0) * 1000,
+        }
+
+
 async def measure(a: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {"model_repository": a.repository, "models": [a.model]}
     app = create_app(Settings(**given, default_model=a.model))
@@ -104,6 +129,8 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
                 statuses.append(await post(app, path, body, a.accept))
 
         profile = cProfile.Profile() if a.profile else None
+        collector = CollectorPauses()
+        gc.callbacks.append(collector)
         wall, cpu = time.perf_counter(), time.process_time()
         if profile:
             profile.enable()
@@ -111,6 +138,7 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
         if profile:
             profile.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        gc.callbacks.remove(collector)
     failed = sum(s != 200 for s in statuses)
     result = {
         "model": a.model,
@@ -123,7 +151,7 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
         "items_per_second": a.requests * a.items / wall,
         "cpu_ms_per_request": cpu / a.requests * 1000,
         "service": str(Path(sys.modules["service"].__file__ or "").parent),  # which one ran
-    }
+    } | collector.summary()
     if profile:
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(a.profile)
@@ -160,7 +188,7 @@ def side_by_side(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "current": runs["current"][0]["service"],
         "rounds": a.rounds,
     }
-    for name in ("requests_per_second", "cpu_ms_per_request"):
+    for name in ("requests_per_second", "cpu_ms_per_request", "gc_ms", "gc_max_pause_ms"):
         before = statistics.median(r[name] for r in runs["baseline"])
         after = statistics.median(r[name] for r in runs["current"])
         out[name] = {

@@ -7,6 +7,7 @@ starts its batcher. State lives on ``app.state.service`` (a :class:`ServiceState
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import re
@@ -232,9 +233,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                     )
                     mv.batcher.start()
         state.loaded = True
+        # Everything built so far (the imported libraries, the sessions) lives as long as the
+        # process: move it out of the collector's view, so that a full collection under load
+        # walks only the objects of requests. The longest pause while 3,000 requests ran went
+        # from 50 to 4 ms (gc_max_pause_ms of python -m bench.inproc), and every request in
+        # flight waits out a pause.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             state.shutting_down = True
             for versions in state.models.values():
                 for mv in versions.values():

@@ -18,6 +18,7 @@ def test_counts_every_request_and_its_cpu(capsys: pytest.CaptureFixture[str], ac
     assert result["requests"] == 40 and result["failed"] == 0 and result["accept"] == accept
     assert result["items_per_second"] == pytest.approx(2 * result["requests_per_second"])
     assert result["cpu_ms_per_request"] > 0
+    assert len(result["gc_collections"]) == 3 and result["gc_max_pause_ms"] <= result["gc_ms"]
 
 
 def test_profile_names_the_pool_handler(capsys: pytest.CaptureFixture[str]) -> None:

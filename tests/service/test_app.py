@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,14 @@ async def test_required_cuda_on_a_cpu_machine_is_not_ready() -> None:
 async def test_auto_device_is_ready_on_cpu() -> None:
     async with client(device="auto") as c:
         assert (await c.get("/health/ready")).json() == {"status": "ready"}
+
+
+async def test_startup_objects_are_frozen_out_of_the_collector_while_serving() -> None:
+    before = gc.get_freeze_count()
+    async with client() as c:
+        assert gc.get_freeze_count() > before
+        assert (await c.post("/pool", json=BODY)).status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 async def test_api_key() -> None:
