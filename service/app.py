@@ -48,7 +48,7 @@ from service.errors import (
     invalid,
 )
 from service.metrics import Metrics, ModelMetrics
-from service.middleware import RequestContext, request_id_of
+from service.middleware import DirectRoutes, RequestContext, request_id_of
 from service.openapi import (
     POOL_NAMED_OPENAPI,
     POOL_OPENAPI,
@@ -72,6 +72,7 @@ NPZ = "application/x-npz"
 RAW = "application/octet-stream"
 OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded in a worker thread
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+POOL_PATHS = ("/pool", "/models/{name}/pool")  # served by DirectRoutes
 
 
 @dataclass
@@ -257,6 +258,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         lifespan=lifespan,
     )
     app.state.service = state
+    # Middleware added last runs first: the request context wraps the direct pool routes.
+    app.add_middleware(DirectRoutes, paths=POOL_PATHS, handled=ServiceError, on_error=service_error)
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app, state)
     _add_routes(app, keyed=settings.api_key is not None)
@@ -292,14 +295,16 @@ def _document_auth(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        rid = request_id_of(request)
-        if exc.status >= 500:
-            log.error("request %s failed: %s %s", rid, exc.type, exc.message)
-        return orjson_response(exc.body(rid), exc.status, exc.headers)
+async def service_error(request: Request, exc: Exception) -> Response:
+    """The one JSON error body, with the request id."""
+    assert isinstance(exc, ServiceError)
+    rid = request_id_of(request)
+    if exc.status >= 500:
+        log.error("request %s failed: %s %s", rid, exc.type, exc.message)
+    return orjson_response(exc.body(rid), exc.status, exc.headers)
 
+
+def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         mapped: ServiceError
@@ -561,9 +566,10 @@ def _add_routes(app: FastAPI, keyed: bool) -> None:
     auth = [Depends(require_key)] if keyed else []
     open_auth = [Depends(require_key_unless_open)] if keyed else []
 
-    # The pool routes are the hot path: they take the state from the app rather than through a
-    # dependency, so without an API key FastAPI solves no dependencies for them (a quarter of
-    # the app's own time per request in a profile of single-item requests).
+    # The pool routes are the hot path. DirectRoutes (service/middleware.py) calls these two
+    # endpoints itself, past FastAPI's router; declared here, they are documented in OpenAPI as
+    # usual. They take the state from the app and their parameters from the request, so that
+    # nothing is left to solve but the API key check (a dependency only when a key is set).
     @app.post(
         "/pool",
         tags=["pool"],

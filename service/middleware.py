@@ -1,4 +1,5 @@
-"""Request context as plain ASGI middleware: a request id on every response, request metrics."""
+"""Plain ASGI middleware: the request context (a request id on every response, request metrics)
+and the direct routes (the pool routes without the framework's routing layers)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,3 +115,66 @@ def _route_template(scope: Scope) -> str:
         if match == Match.FULL:
             return str(getattr(route, "path", "other"))
     return "other"
+
+
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class DirectRoutes:
+    """Serves a few hot routes without the framework's routing layers.
+
+    FastAPI reaches a route through an exception middleware, the router (a regex per route),
+    the route's handler, two request/response wrappers and dependency solving: about a quarter
+    of the server's busy time for single-item requests in the py-spy profile of
+    ``results/bench/compare.md``. This middleware sits inside :class:`RequestContext` (request
+    ids, metrics and the JSON 500 stay as they are) and, for a request that one of ``paths``'
+    routes matches fully, calls that route's own endpoint with a :class:`Request`, its
+    ``dependencies`` first (they may only take the request: the API key check), and renders a
+    ``handled`` exception with ``on_error``, as the app's exception handler would. Everything
+    else, wrong methods included, goes on to the app.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        paths: tuple[str, ...],
+        handled: type[Exception],
+        on_error: ErrorHandler,
+    ) -> None:
+        self.app = app
+        self.paths = paths
+        self.handled = handled
+        self.on_error = on_error
+        self._routes: list[Any] | None = None
+
+    def routes(self, scope: Scope) -> list[Any]:
+        """The routes of ``paths`` (looked up once, on the first request: routes come last)."""
+        if self._routes is None:
+            router = getattr(scope.get("app"), "router", None)
+            found = [
+                r for r in getattr(router, "routes", []) if getattr(r, "path", "") in self.paths
+            ]
+            if len(found) != len(self.paths):
+                raise RuntimeError(f"DirectRoutes: routes {self.paths} not all found: {found}")
+            self._routes = found
+        return self._routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes(scope):
+                match, child = route.matches(scope)
+                if match == Match.FULL:
+                    scope.update(child)  # endpoint, path_params and route, as the router sets
+                    await self._serve(route, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, route: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            for dependency in route.dependencies:
+                await dependency.dependency(request)
+            response: Response = await route.endpoint(request)
+        except self.handled as exc:
+            response = await self.on_error(request, exc)
+        await response(scope, receive, send)
