@@ -43,7 +43,8 @@ class OnnxBackend:
         options.intra_op_num_threads = intra_op_threads
         if not spinning:
             # Idle ORT threads spin for work by default, burning cores that the event loop and
-            # request decoding need (results/bench/serve.md: 301 vs 280 requests/s at c=32).
+            # request decoding need (301 vs 280 requests/s at c=32 in the first make bench;
+            # within noise in the latest: BENCHMARKS.md).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         requested = choose_providers(device, ort.get_available_providers())
