@@ -42,7 +42,8 @@ def header(results: dict[str, Any]) -> list[str]:
         "rounds, [min-max] where shown. Latencies at the client; `failed` counts non-200 answers "
         f"and transport errors (hey's timeout: {s['timeout']} s). Server CPU and peak RSS are of "
         "the server's whole process tree (peak RSS: the sum of its processes' peaks during the "
-        f"cell). Every server batches at most {s['batch_items']} items per model run and runs "
+        "cell); hey CPU is the load generator's own (user + system), on the same cores. "
+        f"Every server batches at most {s['batch_items']} items per model run and runs "
         "the same model.onnx through the same ONNX Runtime backend on CPU.",
         "",
         "| server | status | versions | settings / reason |",
@@ -92,19 +93,20 @@ def cell_tables(results: dict[str, Any]) -> list[str]:
             f"**{model}, [{items}, 128, D] requests:**",
             "",
             "| series | c | requests/s | items/s [min-max] | p50 ms | p99 ms [min-max] | max ms | "
-            "failed | server CPU s | CPU ms/item | peak RSS MiB | items/run |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "failed | server CPU s | CPU ms/item | hey CPU s | peak RSS MiB | items/run |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for cell in results["cells"]:
             if (cell["model"], cell["items"]) != (model, items):
                 continue
             s = cell["summary"]
             batch = f"{s['mean_batch_items']:.1f}" if "mean_batch_items" in s else ""
+            client = f"{s['client_cpu_seconds']:.2f}" if "client_cpu_seconds" in s else ""
             lines.append(
                 f"| {cell['series']} | {cell['concurrency']} | {s['requests_per_second']:,.1f} | "
                 f"{_range(s, 'items_per_second')} | {s['p50_ms']:.1f} | {_range(s, 'p99_ms', 1)} | "
                 f"{s['max_ms']:.1f} | {s['failed']} | {s['cpu_seconds']:.2f} | "
-                f"{s['cpu_ms_per_item']:.2f} | {s['peak_rss_mib']:,.0f} | {batch} |"
+                f"{s['cpu_ms_per_item']:.2f} | {client} | {s['peak_rss_mib']:,.0f} | {batch} |"
             )
     if results["skipped"]:
         lines += ["", "Not measured:", ""]

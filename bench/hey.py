@@ -8,7 +8,9 @@ instead of parsing its summary text.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import resource
 import shutil
 import subprocess
 from collections import Counter
@@ -35,6 +37,7 @@ class LoadResult:
     p99_seconds: float
     max_seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)  # transport errors: timeouts, resets
+    client_cpu_seconds: float = 0.0  # hey's own CPU time (user + system), where measured
 
     @property
     def ok(self) -> int:
@@ -183,5 +186,8 @@ def run_summary(
     """As :func:`run`, read from hey's summary (which counts transport errors); each request
     gives up after ``timeout`` seconds (hey's ``-t``; an error then)."""
     command = _command(url, body, content_type, headers, concurrency, seconds, "-t", str(timeout))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, check=True, timeout=seconds + timeout + 120)
-    return parse_summary(done.stdout.decode())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # hey was waited for: it counts now
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return dataclasses.replace(parse_summary(done.stdout.decode()), client_cpu_seconds=used)

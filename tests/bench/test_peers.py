@@ -46,6 +46,7 @@ def load(url: str, series: str, tmp_path: Path, x: np.ndarray, pid: int) -> hey.
     result = hey.run_summary(url, body.path, body.content_type, body.headers, 4, 1.0)
     assert float(usage.stop()["cpu_seconds"]) > 0
     assert result.ok > 0 and result.failed == 0, result
+    assert 0 < result.client_cpu_seconds < 60  # hey's own CPU, over a one-second run
     return result
 
 
