@@ -194,7 +194,7 @@ def side_by_side(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         out[name] = {
             "baseline": before,
             "current": after,
-            "ratio": after / before,
+            "ratio": after / before if before else None,  # none when the baseline had none
             "baseline_rounds": [r[name] for r in runs["baseline"]],
             "current_rounds": [r[name] for r in runs["current"]],
         }

@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from service import codecs
 from service.backend import OnnxBackend
-from service.batching import Batcher, BatchLimits, BatchStats, ClientGone, Outputs, RunFn
+from service.batching import Batcher, BatchLimits, BatchStats, ClientGone
 from service.diagnostics import SIGNAL_RULE, Summary, describe, summarise
 from service.errors import (
     BadRequest,
@@ -48,7 +48,7 @@ from service.errors import (
     invalid,
 )
 from service.metrics import Metrics, ModelMetrics
-from service.middleware import DirectRoutes, RequestContext, request_id_of
+from service.middleware import DirectRoutes, RequestContext, direct_routes, request_id_of
 from service.openapi import (
     POOL_NAMED_OPENAPI,
     POOL_OPENAPI,
@@ -194,17 +194,6 @@ def _batch_observer(state: ServiceState, name: str) -> Any:
     return on_batch, m.reject
 
 
-def _run_and_summarise(backend: OnnxBackend) -> RunFn:
-    """The batcher's run: the model, then the diagnostics arrays of the whole batch, both in the
-    worker thread (one vectorised pass per run, not one per request on the event loop)."""
-
-    def run(embeddings: np.ndarray, mask: np.ndarray) -> Outputs:
-        pooled, weights = backend.run(embeddings, mask)
-        return Outputs(pooled, weights, summarise(weights, mask))
-
-    return run
-
-
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     """The service as an ASGI app. Nothing is loaded until the lifespan starts."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
@@ -212,6 +201,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        direct_routes(app, POOL_PATHS)  # what DirectRoutes will call: checked before serving
         state.models = scan(settings.model_repository, settings.models)
         if settings.default_model not in state.models:
             raise RuntimeError(
@@ -229,8 +219,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             for mv in versions.values():
                 if mv.backend is not None and mv.error is None:
                     on_batch, on_drop = _batch_observer(state, mv.name)
+                    # The diagnostics arrays of a whole batch are computed in the model's worker
+                    # thread right after the run (one vectorised pass per run, not one per
+                    # request on the event loop), for batches where a request asked for them.
                     mv.batcher = Batcher(
-                        _run_and_summarise(mv.backend), limits, on_batch=on_batch, on_drop=on_drop
+                        mv.backend.run,
+                        limits,
+                        on_batch=on_batch,
+                        on_drop=on_drop,
+                        extra=summarise,
                     )
                     mv.batcher.start()
         state.loaded = True
@@ -238,13 +235,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # process: move it out of the collector's view, so that a full collection under load
         # walks only the objects of requests. The longest pause while 3,000 requests ran went
         # from 50 to 4 ms (gc_max_pause_ms of python -m bench.inproc), and every request in
-        # flight waits out a pause.
+        # flight waits out a pause. (Not undone at shutdown: freezing is process-wide, and
+        # another app or the host may rely on it; the process ends anyway.)
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
-            gc.unfreeze()
             state.shutting_down = True
             for versions in state.models.values():
                 for mv in versions.values():
@@ -463,7 +460,10 @@ async def pool(
     m.queue_depth.set(mv.batcher.depth + 1)
     try:
         pooled, weights, summary = await mv.batcher.submit(
-            batch.embeddings, batch.attention_mask, request.is_disconnected
+            batch.embeddings,
+            batch.attention_mask,
+            request.is_disconnected,
+            wants_extra=media == JSON and options.diagnostics,
         )
     except ClientGone:
         return Response(status_code=499)
@@ -483,7 +483,6 @@ async def pool(
         response = _binary_response(media, pooled, weights, batch, headers)
         m.encode.observe(time.perf_counter() - started)
         return response
-    assert isinstance(summary, Summary)
     result: dict[str, Any] = {
         "model": mv.name,
         "version": mv.version,
@@ -491,12 +490,14 @@ async def pool(
         "pooled": pooled,
     }
     lengths = batch.lengths.tolist()
-    if options.return_weights == "mean":  # the head mean, from the run's summary
-        result["weights"] = [summary.mean[i, :n] for i, n in enumerate(lengths)]
+    if options.return_weights == "mean":  # the head mean: the summary has it, if it was made
+        mean = summary.mean if isinstance(summary, Summary) else weights.mean(axis=1)
+        result["weights"] = [mean[i, :n] for i, n in enumerate(lengths)]
     elif options.return_weights == "heads":
         result["weights"] = [np.ascontiguousarray(weights[i, :, :n]) for i, n in enumerate(lengths)]
     diagnostics_seconds = 0.0
     if options.diagnostics:
+        assert isinstance(summary, Summary)  # asked for with wants_extra
         t = time.perf_counter()
         result["diagnostics"] = _diagnostics(summary, options.top_k, m)
         diagnostics_seconds = time.perf_counter() - t

@@ -37,6 +37,7 @@ class Outputs(NamedTuple):
 
 
 RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], tuple[Any, ...]]
+ExtraFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Rows]  # (weights, mask) -> rows
 
 
 class ClientGone(Exception):
@@ -60,6 +61,7 @@ class Job:
     enqueued: float
     future: asyncio.Future[Outputs] = field(repr=False)
     is_disconnected: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+    wants_extra: bool = False  # this request needs the batch's extra result
 
     @property
     def items(self) -> int:
@@ -147,8 +149,12 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[BatchStats, float], None] | None = None,
         on_drop: Callable[[str], None] | None = None,
+        extra: ExtraFn | None = None,
     ) -> None:
+        """``extra``, if given, runs in the worker thread right after the model, on its weights
+        and the batch's mask, for batches with a job that asked for it (``wants_extra``)."""
         self._run = run
+        self._extra = extra
         self.limits = limits
         self._clock = clock
         self._on_batch = on_batch
@@ -206,8 +212,10 @@ class Batcher:
         embeddings: NDArray[np.float32],
         attention_mask: NDArray[np.bool_],
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        wants_extra: bool = False,
     ) -> Outputs:
-        """Queue one request and wait for its outputs (pooled (b, D), weights (b, H, n))."""
+        """Queue one request and wait for its outputs (pooled (b, D), weights (b, H, n), and its
+        rows of the extra result when ``wants_extra``)."""
         if self._closed:
             raise NotReady("the server is shutting down")
         if self.full:
@@ -218,7 +226,7 @@ class Batcher:
                 {"queue": self.limits.max_queue},
             )
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        job = Job(embeddings, attention_mask, self._clock(), future, is_disconnected)
+        job = Job(embeddings, attention_mask, self._clock(), future, is_disconnected, wants_extra)
         self._pending.append(job)
         self._wake.set()
         return await future
@@ -256,6 +264,15 @@ class Batcher:
                 live.append(job)
         return live
 
+    def _run_batch(
+        self, embeddings: NDArray[np.float32], mask: NDArray[np.bool_], wanted: bool
+    ) -> Outputs:
+        """In the worker thread: the model, then the extra result if a job wants it."""
+        outputs = Outputs(*self._run(embeddings, mask))
+        if wanted and self._extra is not None:
+            outputs = outputs._replace(extra=self._extra(outputs.weights, mask))
+        return outputs
+
     async def _execute(self, batch: list[Job]) -> None:
         """Run one batch. Whatever happens, every job of the batch ends resolved: a failure
         anywhere (merge, the run, split, metrics) fails exactly this batch's requests."""
@@ -275,7 +292,10 @@ class Batcher:
         embeddings, mask = merge(batch)
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, embeddings, mask)
+            wanted = self._extra is not None and any(job.wants_extra for job in batch)
+            outputs = await loop.run_in_executor(
+                self._executor, self._run_batch, embeddings, mask, wanted
+            )
         except Exception as exc:  # a failed run fails this batch's requests, explicitly
             error = InferenceFailed(
                 f"the model run failed: {type(exc).__name__}: {str(exc)[:200]}",

@@ -168,8 +168,8 @@ def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]
     else goes to numpy's reader.
     """
     if body[:8] == b"\x93NUMPY\x01\x00" and len(body) >= 10:
-        end = 10 + int.from_bytes(body[8:10], "little")
-        found = _NPY_HEADER.fullmatch(body[10:end].decode("latin-1"))
+        end = 10 + int.from_bytes(body[8:10], "little")  # past the body: numpy's reader says so
+        found = _NPY_HEADER.fullmatch(body[10:end].decode("latin-1")) if end <= len(body) else None
         if found is not None:
             descr, fortran, dims = found.groups()
             shape = tuple(int(x) for x in dims.split(",") if x.strip())
@@ -387,9 +387,13 @@ def encode_npz(arrays: dict[str, NDArray[Any]]) -> bytes:
     of the server's time for a single-item request answered in .npz, in a profile. Answers stay
     far below the 4 GiB that plain ZIP records can address (the body limit is smaller still).
     """
+    members = [(f"{key}.npy".encode(), encode_npy(array)) for key, array in arrays.items()]
+    if sum(len(data) + 2 * len(name) + 76 for name, data in members) + 22 >= 2**32:
+        buffer = io.BytesIO()  # beyond what plain ZIP records address: numpy writes ZIP64
+        np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
     files, central, offset = [], [], 0
-    for key, array in arrays.items():
-        name, data = f"{key}.npy".encode(), encode_npy(array)
+    for name, data in members:
         crc, size = zlib.crc32(data), len(data)
         local = struct.pack(
             "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, _ZIP_DATE, crc, size, size, len(name), 0
@@ -407,10 +411,6 @@ def encode_npz(arrays: dict[str, NDArray[Any]]) -> bytes:
     directory = b"".join(central)
     count = len(central)
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), offset, 0)
-    if offset + len(directory) >= 2**32:  # beyond plain ZIP: let numpy write ZIP64
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return buffer.getvalue()
     return b"".join(files) + directory + end
 
 

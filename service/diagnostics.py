@@ -79,7 +79,8 @@ def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary
             sum to 1.
         mask: (B, N) True on real tokens (every row has at least one).
     """
-    mean = weights.mean(axis=1) if weights.ndim == 3 else np.asarray(weights)
+    weights = np.asarray(weights)
+    mean = weights.mean(axis=1) if weights.ndim == 3 else weights
     w = np.where(mask, mean.astype(np.float64), 0.0)
     n = mask.sum(axis=1)
     logs = np.log(np.where(w > 0, w, 1.0))  # 0 ln 0 = 0

@@ -90,7 +90,7 @@ class Metrics:
         self.stage_duration = Histogram(
             "adapool_stage_duration_seconds",
             "Time per stage of a pool request: decode, queue, inference (per model run, with the "
-            "batch's diagnostics arrays), diagnostics (this request's part), encode",
+            "batch's diagnostics arrays when asked for), diagnostics (this request's part), encode",
             ["model", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -3,6 +3,7 @@ and the direct routes (the pool routes without the framework's routing layers)."
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -129,9 +130,15 @@ class DirectRoutes:
     ``results/bench/compare.md``. This middleware sits inside :class:`RequestContext` (request
     ids, metrics and the JSON 500 stay as they are) and, for a request that one of ``paths``'
     routes matches fully, calls that route's own endpoint with a :class:`Request`, its
-    ``dependencies`` first (they may only take the request: the API key check), and renders a
-    ``handled`` exception with ``on_error``, as the app's exception handler would. Everything
-    else, wrong methods included, goes on to the app.
+    ``dependencies`` first, and renders a ``handled`` exception with ``on_error``, as the app's
+    exception handler would. Everything else, wrong methods included, goes on to the app, and so
+    does every request while the app has ``dependency_overrides`` (tests), which only FastAPI's
+    own solving applies.
+
+    What it can call is checked by :func:`direct_routes`, which the app's lifespan also calls so
+    that a mismatch stops the server at start-up: each route of ``paths`` must exist once, and
+    its endpoint and dependencies must be coroutine functions of the request alone (no
+    ``yield``, no parameters for FastAPI to fill in).
     """
 
     def __init__(
@@ -147,21 +154,11 @@ class DirectRoutes:
         self.on_error = on_error
         self._routes: list[Any] | None = None
 
-    def routes(self, scope: Scope) -> list[Any]:
-        """The routes of ``paths`` (looked up once, on the first request: routes come last)."""
-        if self._routes is None:
-            router = getattr(scope.get("app"), "router", None)
-            found = [
-                r for r in getattr(router, "routes", []) if getattr(r, "path", "") in self.paths
-            ]
-            if len(found) != len(self.paths):
-                raise RuntimeError(f"DirectRoutes: routes {self.paths} not all found: {found}")
-            self._routes = found
-        return self._routes
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route in self.routes(scope):
+        if scope["type"] == "http" and not getattr(scope.get("app"), "dependency_overrides", {}):
+            if self._routes is None:
+                self._routes = direct_routes(scope.get("app"), self.paths)
+            for route in self._routes:
                 match, child = route.matches(scope)
                 if match == Match.FULL:
                     scope.update(child)  # endpoint, path_params and route, as the router sets
@@ -178,3 +175,25 @@ class DirectRoutes:
         except self.handled as exc:
             response = await self.on_error(request, exc)
         await response(scope, receive, send)
+
+
+def direct_routes(app: Any, paths: tuple[str, ...]) -> list[Any]:
+    """The app's routes of ``paths``, checked for what :class:`DirectRoutes` can call."""
+    routes = [r for r in getattr(app, "router", app).routes if getattr(r, "path", "") in paths]
+    if sorted(r.path for r in routes) != sorted(paths):
+        raise RuntimeError(f"DirectRoutes: routes {paths} not all found once: {routes}")
+    for route in routes:
+        for call in (route.endpoint, *(d.dependency for d in route.dependencies)):
+            if not _takes_only_the_request(call):
+                raise RuntimeError(
+                    f"DirectRoutes: {route.path}: {getattr(call, '__name__', call)} must be a "
+                    "coroutine function of the request alone"
+                )
+    return routes
+
+
+def _takes_only_the_request(call: Any) -> bool:
+    if not inspect.iscoroutinefunction(call):
+        return False
+    parameters = list(inspect.signature(call).parameters.values())
+    return len(parameters) == 1 and parameters[0].default is inspect.Parameter.empty

@@ -115,6 +115,27 @@ async def test_concurrent_requests_are_batched_and_split_back() -> None:
         assert out.weights.shape == (1, 1, x.shape[1])
 
 
+async def test_the_extra_result_is_made_in_the_worker_only_for_batches_that_want_it() -> None:
+    threads: list[str] = []
+
+    def extra(weights: np.ndarray, mask: np.ndarray) -> Numbered:
+        threads.append(threading.current_thread().name)
+        return Numbered(np.arange(len(mask)))
+
+    batcher = Batcher(fake_model, BatchLimits(64, 10_000, 0.05, 100), extra=extra)
+    batcher.start()
+    x = np.ones((2, 4, 3), dtype=np.float32)
+    mask = np.ones((2, 4), dtype=bool)
+    plain = await batcher.submit(x, mask)
+    together = await asyncio.gather(
+        batcher.submit(x, mask, wants_extra=True), batcher.submit(x[:1], mask[:1])
+    )
+    await batcher.close()
+    assert plain.extra is None and len(threads) == 1 and threads[0].startswith("onnx")
+    rows = [out.extra.values.tolist() for out in together if out.extra is not None]
+    assert rows == [[0, 1], [2]]  # one batch: each job gets its own rows
+
+
 async def test_a_failed_run_fails_only_its_batch() -> None:
     calls = 0
 

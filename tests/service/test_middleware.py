@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.middleware import DirectRoutes
+from service import app as app_module
+from service.middleware import DirectRoutes, direct_routes
+from service.settings import Settings
+from tests.service.server import REPOSITORY
 
 pytestmark = pytest.mark.anyio
 
@@ -78,10 +82,39 @@ async def test_a_direct_route_skips_the_router_and_keeps_its_dependencies() -> N
         assert CountInner.calls == 3
 
 
-async def test_missing_routes_are_a_startup_mistake_not_a_silent_fallback() -> None:
-    app = FastAPI()
-    app.add_middleware(DirectRoutes, paths=("/gone",), handled=Refused, on_error=on_error)
+async def test_dependency_overrides_send_every_request_through_fastapi() -> None:
+    app = make_app()
+
+    async def no_key() -> None:
+        return None
+
+    app.dependency_overrides[key] = no_key
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        with pytest.raises(RuntimeError, match="not all found"):
-            await c.post("/gone")
+        CountInner.calls = 0
+        assert (await c.post("/direct/a")).status_code == 200  # the override applied
+        assert CountInner.calls == 1
+
+
+def test_what_direct_routes_cannot_call_is_refused_up_front() -> None:
+    app = make_app()
+    assert [r.path for r in direct_routes(app, ("/direct/{name}",))] == ["/direct/{name}"]
+    with pytest.raises(RuntimeError, match="not all found once"):
+        direct_routes(app, ("/direct/{name}", "/gone"))
+
+    @app.post("/params/{name}")
+    async def params(request: Request, name: str) -> Response:  # FastAPI would fill in name
+        return JSONResponse({})
+
+    with pytest.raises(RuntimeError, match="params must be a coroutine function of the request"):
+        direct_routes(app, ("/params/{name}",))
+
+
+async def test_the_service_checks_its_direct_routes_before_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app_module, "POOL_PATHS", ("/pool", "/no/such/route"))
+    app = app_module.create_app(Settings(model_repository=REPOSITORY))
+    with pytest.raises(RuntimeError, match="not all found once"):
+        async with LifespanManager(app):
+            pass
