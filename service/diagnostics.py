@@ -53,11 +53,11 @@ class Summary(NamedTuple):
     """The diagnostics of a batch as arrays, one row per item, computed once per model run (in
     the batcher's worker thread, off the event loop) and sliced by rows for each request.
 
-    Token axes keep the run's padded length; ``mask`` says which tokens are real.
+    Token axes keep the run's padded length: padding has weight 0, sorts last in ``order`` and
+    is never in ``signal``.
     """
 
     mean: NDArray[np.float32]  # (B, N) head-mean weights (0 on padding)
-    mask: NDArray[np.bool_]  # (B, N)
     n: NDArray[np.int64]  # (B,) real tokens
     entropy: NDArray[np.float64]  # (B,)
     normalized: NDArray[np.float64]  # (B,)
@@ -95,7 +95,6 @@ def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary
     snr = signal.sum(axis=1) / n
     return Summary(
         mean.astype(np.float32, copy=False),
-        mask,
         n,
         entropy,
         normalized,

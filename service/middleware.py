@@ -125,20 +125,20 @@ class DirectRoutes:
     """Serves a few hot routes without the framework's routing layers.
 
     FastAPI reaches a route through an exception middleware, the router (a regex per route),
-    the route's handler, two request/response wrappers and dependency solving: about a quarter
-    of the server's busy time for single-item requests in the py-spy profile of
-    ``results/bench/compare.md``. This middleware sits inside :class:`RequestContext` (request
-    ids, metrics and the JSON 500 stay as they are) and, for a request that one of ``paths``'
-    routes matches fully, calls that route's own endpoint with a :class:`Request`, its
-    ``dependencies`` first, and renders a ``handled`` exception with ``on_error``, as the app's
-    exception handler would. Everything else, wrong methods included, goes on to the app, and so
-    does every request while the app has ``dependency_overrides`` (tests), which only FastAPI's
-    own solving applies.
+    the route's handler, two request/response wrappers and dependency solving: much of the HTTP
+    stage that took 38% of the server's busy samples for single-item requests in the first
+    py-spy profile of ``make compare`` (BENCHMARKS.md; 23% with this middleware). This
+    middleware sits inside :class:`RequestContext` (request ids, metrics and the JSON 500 stay
+    as they are) and, for a request that one of ``paths``' routes matches fully, calls that
+    route's own endpoint with a :class:`Request`, its ``dependencies`` first, and renders a
+    ``handled`` exception with ``on_error``, as the app's exception handler would. Everything
+    else, wrong methods included, goes on to the app, and so does every request while the app
+    has ``dependency_overrides`` (tests), which only FastAPI's own solving applies.
 
-    What it can call is checked by :func:`direct_routes`, which the app's lifespan also calls so
-    that a mismatch stops the server at start-up: each route of ``paths`` must exist once, and
-    its endpoint and dependencies must be coroutine functions of the request alone (no
-    ``yield``, no parameters for FastAPI to fill in).
+    What it can call is checked by :func:`direct_routes`, which the app's lifespan also calls
+    so that a mismatch stops the server at start-up: each route of ``paths`` must exist once, and its
+    endpoint and dependencies must be coroutine functions of the request alone (no ``yield``, no
+    parameters for FastAPI to fill in).
     """
 
     def __init__(
