@@ -135,10 +135,10 @@ class DirectRoutes:
     else, wrong methods included, goes on to the app, and so does every request while the app
     has ``dependency_overrides`` (tests), which only FastAPI's own solving applies.
 
-    What it can call is checked by :func:`direct_routes`, which the app's lifespan also calls
-    so that a mismatch stops the server at start-up: each route of ``paths`` must exist once, and its
-    endpoint and dependencies must be coroutine functions of the request alone (no ``yield``, no
-    parameters for FastAPI to fill in).
+    What it can call is checked by :func:`direct_routes`, which the app's lifespan also calls so
+    that a mismatch stops the server at start-up: each route of ``paths`` must exist once, and
+    its endpoint and dependencies must be coroutine functions of the request alone (no
+    ``yield``, no parameters for FastAPI to fill in).
     """
 
     def __init__(
