@@ -15,9 +15,9 @@ import torch
 from export.cli import export_run, main
 from export.onnx_export import ExportWrapper
 from export.repository import RepositoryError, find_versions, sha256_file
-from modelrepo import NAMED
 from export.rescore import main as rescore_main
 from export.verify import main as verify_main
+from modelrepo import NAMED
 from models import train as training
 from models.checkpoint import load_model
 from models.data.knn_centroid import generate
