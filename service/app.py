@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from service.api import document_auth, include_routes
+from service.api.bodies import Decoders
 from service.api.context import RequestContext
 from service.api.errors import install_handlers
 from service.core.runtime import Runtime
@@ -27,6 +28,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """The service as an ASGI app. Nothing is loaded until the lifespan starts."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     runtime = Runtime(settings, metrics)
+    decoders = Decoders(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,6 +37,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             yield
         finally:
             await runtime.stop()
+            await decoders.stop()
 
     app = FastAPI(
         title="AdaPool Serve",
@@ -43,6 +46,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.decoders = decoders
     app.add_middleware(RequestContext, metrics=metrics)
     install_handlers(app)
     include_routes(app)

@@ -28,6 +28,18 @@ class ServiceError(Exception):
         self.detail = detail or {}
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (a worker process raises these for the server to render)."""
+        return _rebuild, (type(self), self.message, self.detail, self.headers)
+
+
+def _rebuild(
+    kind: type[ServiceError], message: str, detail: dict[str, Any], headers: dict[str, str]
+) -> ServiceError:
+    error = kind.__new__(kind)
+    ServiceError.__init__(error, message, detail, headers)
+    return error
+
 
 class InvalidInput(ServiceError):
     """The body parsed but its content cannot be pooled (names the field and the item)."""

@@ -21,12 +21,14 @@ ROUTERS = (pool.router, models.router, health.router, info.router, metrics.route
 
 
 def include_routes(app: FastAPI) -> None:
-    """Every router's routes, on the app's own router (the pool routes first: routes are tried
+    """Every router's routes, on the app's own router, the pool routes first (routes are tried
     in order). Added as they are, not through ``include_router``, whose nested router a request
     would walk through on the hot path; the routes already carry their router's dependencies
     and tags."""
-    for router in ROUTERS:
-        app.router.routes.extend(router.routes)
+    routes = app.router.routes
+    routes[0:0] = pool.router.routes  # first of all, before even the documentation's routes
+    for router in ROUTERS[1:]:
+        routes.extend(router.routes)
 
 
 def document_auth(app: FastAPI, settings: Settings) -> None:

@@ -7,6 +7,8 @@ going to the one the client named first, then to JSON. Nothing acceptable left: 
 
 from __future__ import annotations
 
+import functools
+
 from service.errors import NotAcceptable
 
 JSON = "application/json"
@@ -49,6 +51,11 @@ def negotiate(accept: str | None) -> str:
     """The answer's media type for an ``Accept`` header (absent or empty: JSON)."""
     if accept is None or not accept.strip():
         return JSON
+    return _negotiate(accept)
+
+
+@functools.lru_cache(maxsize=512)  # clients send the same few headers: parse each once
+def _negotiate(accept: str) -> str:
     ranges = _ranges(accept)
     best: tuple[float, int, int, str] | None = None
     for preference, media in enumerate(SUPPORTED):

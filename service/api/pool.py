@@ -12,7 +12,6 @@ request: no dependency solving, parameter parsing or response validation on the 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Coroutine
@@ -25,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import request_response
 
 from service.api.answers import encode
-from service.api.bodies import decode_body, read_body
+from service.api.bodies import Decoders, read_body
 from service.api.errors import request_id_of
 from service.api.negotiation import JSON, negotiate
 from service.api.options import Options, parse_options
@@ -36,7 +35,6 @@ from service.core.runtime import Runtime
 from service.errors import invalid
 from service.settings import Settings
 
-OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded in a worker thread
 MAX_TOP_K = 1024
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
@@ -61,6 +59,8 @@ router = APIRouter(route_class=PoolRoute, tags=["pool"])
 def query_params(request: Request) -> dict[str, str]:
     """The query string, each parameter once (a repeated one is refused, not last-wins)."""
     params: dict[str, str] = {}
+    if not request.scope.get("query_string"):
+        return params
     for key, value in request.query_params.multi_items():
         if key in params:
             raise invalid(key, "is given more than once in the query string")
@@ -77,6 +77,7 @@ class HttpCaller:
         self.query = query
         self.media = JSON
         self.options = Options()
+        self.is_disconnected = request.is_disconnected  # checked before the model run
 
     def on_model(self, served: ServedVersion) -> None:
         self.request.state.model = served.name  # the request's model label in the metrics
@@ -84,19 +85,12 @@ class HttpCaller:
 
     async def read(self, served: ServedVersion) -> Work:
         body = await read_body(self.request, self.settings.max_body_bytes)
-        headers, s = self.request.headers, self.settings
-        if len(body) > OFFLOAD_BYTES:  # parsing a large body would stall every other request
-            decoded = await asyncio.to_thread(decode_body, body, headers, self.query, s)
-        else:
-            decoded = decode_body(body, headers, self.query, s)
-        batch, body_options = decoded
+        decoders: Decoders = self.request.app.state.decoders
+        batch, body_options = await decoders.decode(body, self.request.headers, self.query)
         options = {k: v for k, v in self.query.items() if k not in ("lengths", "version")}
         self.options = parse_options(options, body_options, MAX_TOP_K, self.settings.top_k)
         wants = self.media == JSON and self.options.diagnostics
         return Work(batch, diagnostics=wants, top_k=self.options.top_k)
-
-    async def is_disconnected(self) -> bool:
-        return await self.request.is_disconnected()
 
 
 async def serve(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import math
 from typing import Any
 
@@ -43,6 +44,31 @@ def decode_json(body: bytes, limits: Limits) -> tuple[Batch, dict[str, Any]]:
             data, {"embeddings_b64", "shape", "dtype", "lengths"}
         )
     return _decode_lists(data, limits), _rest(data, {"embeddings", "attention_mask"})
+
+
+def decode_json_and_trim(body: bytes, limits: Limits) -> tuple[Batch, dict[str, Any]]:
+    """:func:`decode_json`, then hand the memory the parse used back to the system (run in the
+    server's JSON worker process: its floats and lists are gone once it returns)."""
+    try:
+        return decode_json(body, limits)
+    finally:
+        del body
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: release the heap's free pages (a no-op elsewhere)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def _rest(data: dict[str, Any], used: set[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ runs. ``read`` returns the decoded :class:`Work`; the core answers with a :class
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,7 +67,7 @@ class PoolResult:
 
     served: ServedVersion
     batch: Batch
-    outputs: dict[str, NDArray[np.float32]]  # pooled (b, D), weights (b, H, n), ...
+    outputs: Mapping[str, NDArray[np.float32]]  # pooled (b, D), weights (b, H, n), ...
     summary: Summary | None  # the diagnostics arrays (head-mean weights included)
     diagnostics: list[ItemDiagnostics] | None
     metrics: ModelMetrics  # the model's series, for the front-end's own stages (encode)

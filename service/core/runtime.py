@@ -267,7 +267,7 @@ class Runtime:
                 )
             summary = out.extra if isinstance(out.extra, Summary) else None
             diagnostics = self._diagnose(summary, work.top_k, m) if work.diagnostics else None
-            return PoolResult(served, work.batch, dict(out.arrays), summary, diagnostics, m)
+            return PoolResult(served, work.batch, out.arrays, summary, diagnostics, m)
         except ServiceError as error:
             self._rejected(served.name if served else "", error)
             raise
