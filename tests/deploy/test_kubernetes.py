@@ -425,3 +425,13 @@ def test_kserve_keda_trigger_sums_the_queue_with_the_hpa_target() -> None:
         hpa["minReplicas"],
         hpa["maxReplicas"],
     )
+
+
+def test_readme_names_the_validated_version_and_every_target() -> None:
+    readme = (tools.ROOT / "README.md").read_text()
+    section = readme.split("\n## Deploy on Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+    oldest, newest = (v.rsplit(".", 1)[0] for v in (kube.VERSIONS[0], kube.VERSIONS[-1]))
+    assert f"**Kubernetes {oldest} or newer**" in section
+    assert f"validated for {oldest} and {newest}" in section
+    for folder in kube.TARGETS.values():
+        assert f"kubectl apply -k {folder.relative_to(tools.ROOT)} " in section, folder
