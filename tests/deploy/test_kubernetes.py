@@ -53,24 +53,6 @@ IN_CONTAINER = {"host", "port", "model_repository", "intra_op_threads", "api_key
 QUEUE_METRIC = "adapool_queue_depth"
 
 
-def workload(target: str) -> Doc:
-    docs = kube.render(target)
-    kind = "InferenceService" if target == "kserve" else "Deployment"
-    return kube.one(docs, kind, "adapool")
-
-
-def container(target: str) -> Doc:
-    (found,) = kube.pod_spec(workload(target))["containers"]
-    c: Doc = found
-    return c
-
-
-def config_maps(target: str) -> dict[str, dict[str, str]]:
-    return {
-        d["metadata"]["name"]: d["data"] for d in kube.render(target) if d["kind"] == "ConfigMap"
-    }
-
-
 @pytest.mark.parametrize("version", kube.VERSIONS)
 @pytest.mark.parametrize("target", kube.TARGETS)
 def test_every_rendered_document_validates(target: str, version: str) -> None:
@@ -129,28 +111,28 @@ def test_settings_are_the_service_defaults(monkeypatch: pytest.MonkeyPatch) -> N
     fields = {f"ADAPOOL_{name.upper()}" for name in Settings.model_fields}
     assert set(config) == fields - {f"ADAPOOL_{n.upper()}" for n in IN_CONTAINER}
     for target in kube.TARGETS:
-        names = {v["name"] for v in container(target)["env"]}
+        names = {v["name"] for v in kube.container(target)["env"]}
         assert {f"ADAPOOL_{n.upper()}" for n in IN_CONTAINER} <= names, target
         assert not names & set(config), target  # one place for each setting
 
 
 @pytest.mark.parametrize("target", kube.TARGETS)
 def test_rendered_settings_are_the_env_file_and_reach_the_container(target: str) -> None:
-    maps = config_maps(target)
+    maps = kube.config_maps(target)
     (name,) = maps
     assert name.startswith("adapool-settings-")  # the content hash: a change rolls the pods
     expected = kube.settings_env() | ({"ADAPOOL_DEVICE": "cuda"} if target == "gpu" else {})
     assert maps[name] == expected
-    (source,) = container(target)["envFrom"]
+    (source,) = kube.container(target)["envFrom"]
     assert source == {"configMapRef": {"name": name}}
 
 
 @pytest.mark.parametrize("target", kube.TARGETS)
 def test_port_and_command_are_the_images(target: str) -> None:
-    c = container(target)
+    c = kube.container(target)
     (port,) = c["ports"]  # one port: API, health and metrics
     assert port["name"] == "http" and port["protocol"] == "TCP"
-    env = kube.container_env(c, config_maps(target))
+    env = kube.container_env(c, kube.config_maps(target))
     assert env["ADAPOOL_PORT"] == str(port["containerPort"])
     assert env["ADAPOOL_HOST"] == "0.0.0.0"
     _, (_, runtime) = stages(tools.ROOT / "docker" / "Dockerfile")
@@ -163,7 +145,7 @@ def test_port_and_command_are_the_images(target: str) -> None:
 
 @pytest.mark.parametrize("target", kube.TARGETS)
 def test_probes_fit_model_loading_and_never_kill_an_unready_pod(target: str) -> None:
-    c = container(target)
+    c = kube.container(target)
     prefix = "/v2" if target == "kserve" else ""
     startup, live, ready = c["startupProbe"], c["livenessProbe"], c["readinessProbe"]
     assert startup["httpGet"]["path"] == live["httpGet"]["path"] == f"{prefix}/health/live"
@@ -183,8 +165,8 @@ def test_probes_fit_model_loading_and_never_kill_an_unready_pod(target: str) -> 
 def test_shutdown_drains_within_the_grace_period(target: str) -> None:
     """preStop sleep (the balancers forget the pod), then SIGTERM: the service's drain (readiness
     503, still serving), then in-flight requests finish; the kubelet's SIGKILL comes later."""
-    spec, c = kube.pod_spec(workload(target)), container(target)
-    settings = kube.container_env(c, config_maps(target))
+    spec, c = kube.pod_spec(kube.workload(target)), kube.container(target)
+    settings = kube.container_env(c, kube.config_maps(target))
     drain = float(settings["ADAPOOL_SHUTDOWN_DRAIN_SECONDS"])
     timeout = float(settings["ADAPOOL_SHUTDOWN_TIMEOUT_SECONDS"])
     pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -198,7 +180,7 @@ def test_shutdown_drains_within_the_grace_period(target: str) -> None:
 @pytest.mark.parametrize("target", kube.TARGETS)
 def test_pods_run_unprivileged_with_nothing_writable_but_tmp(target: str) -> None:
     """The "restricted" Pod Security Standard that the Namespace enforces, and more."""
-    spec, c = kube.pod_spec(workload(target)), container(target)
+    spec, c = kube.pod_spec(kube.workload(target)), kube.container(target)
     namespace = kube.one(kube.render(target), "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     pod = spec["securityContext"]
@@ -223,7 +205,7 @@ def test_pods_run_unprivileged_with_nothing_writable_but_tmp(target: str) -> Non
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     for volume in volumes.values():  # the restricted profile's volume types
         assert set(volume) - {"name"} <= {"emptyDir", "persistentVolumeClaim", "configMap"}
-    env = kube.container_env(c, config_maps(target))
+    env = kube.container_env(c, kube.config_maps(target))
     if target == "kserve":  # KServe mounts the claim read-only at /mnt/models itself
         assert env["STORAGE_URI"] == "pvc://adapool-models/"
         assert env["ADAPOOL_MODEL_REPOSITORY"] == "/mnt/models"
@@ -306,11 +288,11 @@ def test_the_hpa_scales_on_the_queue_gauge_and_cpu() -> None:
 
 def test_gpu_overlay_changes_only_the_image_device_gpu_and_startup() -> None:
     base, gpu = kube.render("base"), kube.render("gpu")
-    cpu_c, gpu_c = container("base"), container("gpu")
+    cpu_c, gpu_c = kube.container("base"), kube.container("gpu")
     assert cpu_c["image"] == "adapool-serve:cpu" and gpu_c["image"] == "adapool-serve:gpu"
     assert gpu_c["resources"]["limits"] == {"memory": "12Gi", "nvidia.com/gpu": 1}
-    assert kube.container_env(gpu_c, config_maps("gpu"))["ADAPOOL_DEVICE"] == "cuda"
-    gpu_spec = kube.pod_spec(workload("gpu"))
+    assert kube.container_env(gpu_c, kube.config_maps("gpu"))["ADAPOOL_DEVICE"] == "cuda"
+    gpu_spec = kube.pod_spec(kube.workload("gpu"))
     assert gpu_spec.pop("tolerations") == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
@@ -319,7 +301,7 @@ def test_gpu_overlay_changes_only_the_image_device_gpu_and_startup() -> None:
             c.pop(key)
     assert gpu_c == cpu_c
     gpu_spec.pop("containers")
-    cpu_spec = kube.pod_spec(workload("base"))
+    cpu_spec = kube.pod_spec(kube.workload("base"))
     cpu_spec.pop("containers")
     assert gpu_spec == cpu_spec
     others = {
@@ -335,16 +317,16 @@ def test_gpu_overlay_changes_only_the_image_device_gpu_and_startup() -> None:
 
 
 def test_kserve_predictor_is_a_v2_custom_container_with_the_base_settings() -> None:
-    isvc = workload("kserve")
+    isvc = kube.workload("kserve")
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/autoscalerClass"] == "keda"
-    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
-    c = container("kserve")
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"  # was RawDeployment
+    c = kube.container("kserve")
     assert c["name"] == "kserve-container"
-    env = kube.container_env(c, config_maps("kserve"))
+    env = kube.container_env(c, kube.config_maps("kserve"))
     assert env["PROTOCOL"] == "v2"  # KServe's webhook accepts exactly v1 or v2
     assert "httpGet" in c["readinessProbe"]  # else KServe adds a TCP probe: ready too early
-    base_c, base_spec = container("base"), kube.pod_spec(workload("base"))
+    base_c, base_spec = kube.container("base"), kube.pod_spec(kube.workload("base"))
     spec = kube.pod_spec(isvc)
     for key in ("securityContext", "lifecycle", "imagePullPolicy", "command", "image"):
         assert c[key] == base_c[key], key
@@ -409,7 +391,7 @@ def kserve_scaled_object(isvc: Doc) -> Doc:
 def test_kserve_keda_trigger_sums_the_queue_with_the_hpa_target() -> None:
     """KServe copies only target.value into the trigger's threshold, and KEDA's default metric
     type (AverageValue) divides the query by the replicas: the query must be a sum over pods."""
-    isvc = workload("kserve")
+    isvc = kube.workload("kserve")
     scaled = kserve_scaled_object(isvc)
     kube.validate(scaled, kube.VERSIONS[0])
     (trigger,) = scaled["spec"]["triggers"]

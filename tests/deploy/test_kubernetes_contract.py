@@ -21,7 +21,6 @@ import pytest
 
 from service.process import running_server
 from tests.deploy import kube, tools
-from tests.deploy.test_kubernetes import config_maps, container, workload
 
 Doc = dict[str, Any]
 REPOSITORY = tools.ROOT / "model_repository"  # what the model volume holds
@@ -72,8 +71,8 @@ def pod(target: str, tmp: Path, extra_env: dict[str, str] | None = None) -> Iter
     model repository's mount path becomes the repository's folder (what the volume holds).
     ``python`` is this environment's interpreter (the image's PATH puts its venv first).
     """
-    c = container(target)
-    env = kube.container_env(c, config_maps(target)) | (extra_env or {})
+    c = kube.container(target)
+    env = kube.container_env(c, kube.config_maps(target)) | (extra_env or {})
     (port,) = c["ports"]
     assert env["ADAPOOL_PORT"] == str(port["containerPort"])
     assert env["ADAPOOL_HOST"] == "0.0.0.0"
@@ -101,7 +100,7 @@ def metrics_path(target: str) -> str:
     """The ServiceMonitor's endpoint, followed to the container: its path, on the pod's port."""
     docs = kube.render(target)
     (endpoint,) = kube.one(docs, "ServiceMonitor")["spec"]["endpoints"]
-    (port,) = container(target)["ports"]
+    (port,) = kube.container(target)["ports"]
     if target == "kserve":  # KServe's Service names its port after the container's
         assert endpoint["port"] == port["name"]
     else:
@@ -143,26 +142,23 @@ def test_base_pod_answers_every_probe_and_the_scrape(tmp_path: Path) -> None:
         assert info["limits"]["max_body_bytes"] == int(p.env["ADAPOOL_MAX_BODY_BYTES"])
 
 
-def test_probes_and_scrape_stay_open_when_the_api_key_secret_exists(tmp_path: Path) -> None:
+def test_with_the_api_key_secret_probes_stay_open_and_termination_drains(tmp_path: Path) -> None:
+    """With the optional Secret set, the probes and the scrape need no key (the kubelet and
+    Prometheus send none), /pool does. Then the kubelet's stop, after the preStop sleep (during
+    which the process is untouched, so it is not waited out here): SIGTERM; readiness 503 at
+    once while liveness stays 200 (the pod is not restarted) and requests are still answered for
+    the drain; then the process exits before the grace period's SIGKILL."""
+    spec = kube.pod_spec(kube.workload("base"))
+    c = kube.container("base")
+    grace = spec["terminationGracePeriodSeconds"] - c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    key = {"Authorization": "Bearer s3cret"}
     with pod("base", tmp_path, {"ADAPOOL_API_KEY": "s3cret"}) as p:
         for name in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert p.probe(name)[0] == 200, name
         assert p.get(metrics_path("base")).status_code == 200
         assert pool(p).status_code == 401
-        assert pool(p, {"Authorization": "Bearer s3cret"}).status_code == 200
-
-
-def test_termination_drains_as_the_manifest_says(tmp_path: Path) -> None:
-    """The kubelet's stop, after the preStop sleep (during which the process is untouched, so
-    it is not waited out here): SIGTERM; readiness 503 at once while liveness stays 200 (the pod
-    is not restarted) and requests are still answered for the drain; then the process exits
-    before the grace period's SIGKILL."""
-    spec = kube.pod_spec(workload("base"))
-    c = container("base")
-    grace = spec["terminationGracePeriodSeconds"] - c["lifecycle"]["preStop"]["sleep"]["seconds"]
-    with pod("base", tmp_path) as p:
+        assert pool(p, key).status_code == 200
         drain = float(p.env["ADAPOOL_SHUTDOWN_DRAIN_SECONDS"])
-        assert p.probe("readinessProbe")[0] == 200
         p.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         time.sleep(0.5)
@@ -170,7 +166,7 @@ def test_termination_drains_as_the_manifest_says(tmp_path: Path) -> None:
         served = 0
         while time.monotonic() - signalled < drain - 1.0:
             assert p.probe("livenessProbe")[0] == 200
-            assert pool(p).status_code == 200
+            assert pool(p, key).status_code == 200
             served += 1
             time.sleep(0.5)
         code = p.process.wait(timeout=grace)
