@@ -14,7 +14,10 @@ In one run, on this machine:
    (JSON lists, JSON base64, .npy, raw bytes) at concurrency 1 and 32, [8, 128, D] requests.
 4. Dynamic batching: single-item requests at concurrency 32 against the default server and
    against one started with ``--max-batch-size 1``.
-5. Prints the figures and the issue's target ratios, and writes ``serve.json`` and ``serve.md``.
+5. The Python client (``bench/client.py``): its ``pool`` and ``pool_many`` beside hey on the same
+   [8, 128, 16] requests to the default model, as the client sends them (``.npy`` in, ``.npz``
+   out), and the client's CPU time per request: its own overhead.
+6. Prints the figures and the issue's target ratios, and writes ``serve.json`` and ``serve.md``.
 
 Every figure comes from this run; nothing is compared across runs. The load generator shares the
 machine's cores with the server, as a client on the same host would.
@@ -46,6 +49,7 @@ import onnxruntime as ort
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import client as client_bench
 from bench import hey
 from service.process import ROOT, running_server
 from service.settings import Settings
@@ -407,6 +411,8 @@ def markdown(results: dict[str, Any]) -> str:
             r = cells["1"]
             stages = " | ".join(f"{r['stage_ms'][s]:.2f}" for s in STAGES)
             lines.append(f"| {fmt} | {stages} | {r['p50_ms']:.1f} |")
+    if "client" in results:
+        lines += client_bench.markdown(results["client"])
     lines += ["", "Targets:", "", "| target | measured | met | in this run |", "|---|---:|---|---|"]
     for t in results["targets"]:
         met = "yes" if t["met"] else "no"
@@ -489,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         npy8 = [(DEFAULT_MODEL, "npy", ITEMS, c) for c in concurrencies]
         settings = {name: cells(extra, npy8) for name, extra in variants.items()}
+    with running_server(repository, flags) as (url, _):
+        results["client"] = client_bench.measure(
+            url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup
+        )
+        print(f"client: {results['client']}", flush=True)
 
     results["serve"] = {m: {f: {} for f in formats} for m in models}
     for (m, f, _, c), r in zip(grid, measured, strict=False):
