@@ -146,11 +146,18 @@ def in_process_us(url: str, x: np.ndarray, model: str) -> dict[str, float]:
 
 
 def measure(
-    url: str, model: str, x: np.ndarray, seconds: float, warmup: float, high: int = 32
+    url: str,
+    model: str,
+    x: np.ndarray,
+    seconds: float,
+    warmup: float,
+    high: int = 32,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Every cell, hey and the client alternating per concurrency; ``x`` is [S, 128, D] float32."""
+    """Every cell, ``repeats`` rounds of hey and the client alternating per concurrency, each
+    cell's median round (by requests/s) kept; ``x`` is [S, 128, D] float32."""
     request = pool_request(prepare(x[:ITEMS]), PoolOptions(model=model), None)
-    cells: list[Cell] = []
+    rounds: dict[tuple[str, int], list[Cell]] = {}
     with tempfile.TemporaryDirectory() as tmp, Client(url, max_connections=high) as client:
         body = Path(tmp) / "client.npy"
         body.write_bytes(request.content)
@@ -158,12 +165,22 @@ def measure(
             if warmup > 0:
                 hey_cell(url, model, body, request.headers, c, warmup)
                 pool_many(client, x, model, c, warmup)
-            cells.append(hey_cell(url, model, body, request.headers, c, seconds))
-            if c == 1:
-                cells.append(pool_loop(client, x, model, seconds))
-            cells.append(pool_many(client, x, model, c, seconds))
-            cells.append(async_pool_many(url, x, model, c, seconds))
-    rows = [cell.row() for cell in cells]
+            for _ in range(repeats):
+                cells = [hey_cell(url, model, body, request.headers, c, seconds)]
+                if c == 1:
+                    cells.append(pool_loop(client, x, model, seconds))
+                cells.append(pool_many(client, x, model, c, seconds))
+                cells.append(async_pool_many(url, x, model, c, seconds))
+                for cell in cells:
+                    rounds.setdefault((cell.runner, c), []).append(cell)
+    rows = []
+    for measured in rounds.values():
+        measured.sort(key=lambda cell: cell.requests / cell.wall_seconds)
+        row = measured[len(measured) // 2].row()
+        row["rounds_requests_per_second"] = [
+            round(m.requests / m.wall_seconds, 1) for m in measured
+        ]
+        rows.append(row)
     for row in rows:
         (base,) = [
             r for r in rows if r["runner"] == "hey" and r["concurrency"] == row["concurrency"]
@@ -191,15 +208,16 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "answer), the sender's CPU per request (hey: its process; the client: the bench's):",
         "",
         "| sender | concurrency | requests/s | vs hey | ms per request | extra ms vs hey | "
-        "sender CPU ms per request |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "sender CPU ms per request | rounds, requests/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
         extra = f"{row['extra_ms_per_request']:+.2f}" if row["concurrency"] == 1 else ""
         lines.append(
             f"| {row['runner']} | {row['concurrency']} | {row['requests_per_second']:,.1f} | "
             f"{row['vs_hey_requests_per_second']:.2f}x | {row['ms_per_request']:.2f} | {extra} | "
-            f"{row['sender_cpu_ms_per_request']:.2f} |"
+            f"{row['sender_cpu_ms_per_request']:.2f} | "
+            f"{', '.join(map(str, row['rounds_requests_per_second']))} |"
         )
     p = result["in_process"]
     lines += [
@@ -209,3 +227,57 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "per-item weights and their head mean).",
     ]
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.client``: only these rows, on the benchmark repository's default model
+    (``make bench`` measures them too, within its full run)."""
+    import argparse
+    import json
+    import sys
+
+    from bench import serve
+    from service.process import ROOT, running_server
+
+    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the median is kept")
+    parser.add_argument("--concurrency", type=int, default=32, help="the high concurrency")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
+    args = parser.parse_args(argv)
+    try:
+        hey.version()
+    except hey.LoadGeneratorMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    repository = serve.prepare_repository(args.work, wide=False)
+    model = serve.DEFAULT_MODEL
+    x = np.random.default_rng(0).normal(size=(64, 128, serve.input_dim(repository, model)))
+    results: dict[str, Any] = {"machine": serve.machine()}
+    results["machine"]["command"] = "python -m bench.client " + " ".join(sys.argv[1:])
+    with running_server(repository, ["--models", model, "--default-model", model]) as (url, _):
+        results["client"] = measure(
+            url, model, x.astype(np.float32), args.seconds, args.warmup, args.concurrency,
+            args.repeats,
+        )  # fmt: skip
+    m = results["machine"]
+    text = "\n".join(
+        [
+            f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
+            f"hey {m['hey']}, load average before {m['load_average_before']}. "
+            f"Command: `{m['command']}`.",
+            *markdown(results["client"]),
+        ]
+    )
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "client.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "client.md").write_text(text + "\n")
+    print(f"wrote {args.out / 'client'}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -65,15 +65,16 @@ ITEMS = 8
 # --- the benchmark repository ------------------------------------------------------------------
 
 
-def prepare_repository(root: Path) -> Path:
-    """``root/model_repository`` with the default model and the wide model (exported once)."""
+def prepare_repository(root: Path, wide: bool = True) -> Path:
+    """``root/model_repository`` with the default model and the wide model (exported once,
+    unless ``wide`` is false)."""
     repository = root / "model_repository"
     repository.mkdir(parents=True, exist_ok=True)
     default_dir = repository / DEFAULT_MODEL
     if default_dir.exists():
         shutil.rmtree(default_dir)
     shutil.copytree(ROOT / "model_repository" / DEFAULT_MODEL, default_dir)
-    if not (repository / WIDE_MODEL / "1" / "manifest.json").exists():
+    if wide and not (repository / WIDE_MODEL / "1" / "manifest.json").exists():
         export_wide_model(root / "runs" / WIDE_MODEL, repository)
     return repository
 
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {name: cells(extra, npy8) for name, extra in variants.items()}
     with running_server(repository, flags) as (url, _):
         results["client"] = client_bench.measure(
-            url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup
+            url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup, 32, args.repeats
         )
         print(f"client: {results['client']}", flush=True)
 

@@ -85,3 +85,20 @@ def test_async_metadata_methods(url: str) -> None:
                 await client.model("nope")
 
     asyncio.run(run())
+
+
+def test_a_large_batch_is_encoded_and_decoded_off_the_loop_and_still_exact(url: str) -> None:
+    """[9, 2048, 16] float32 is over 1 MiB: encoded and decoded in a worker thread."""
+    items = ragged(14, [2048] * 8 + [7])
+    assert sum(x.nbytes for x in items) > ac._async_client.OFFLOAD_BYTES
+
+    async def run() -> ac.PoolResult:
+        async with ac.AsyncClient(url) as client:
+            return await client.pool(items, weights="heads")
+
+    result = asyncio.run(run())
+    assert result.weights is not None
+    for i in (0, 8):
+        pooled, w = reference(DEFAULT, items[i])
+        np.testing.assert_allclose(result.pooled[i], pooled, atol=1e-5)
+        np.testing.assert_allclose(result.weights[i], w, atol=1e-5)

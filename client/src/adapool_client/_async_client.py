@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from adapool_client._base import DEFAULT_URL, Base, http_limits, http_timeout, readiness
 from adapool_client._errors import APIConnectionError, APIError
-from adapool_client._inputs import UploadDtype
+from adapool_client._inputs import UploadDtype, nbytes
 from adapool_client._many import Many, progress_bar
 from adapool_client._results import (
     Limits,
@@ -27,12 +27,14 @@ from adapool_client._results import (
 from adapool_client._retry import NO_RETRY, Attempts, Retry
 from adapool_client._wire import (
     PoolOptions,
-    Request,
     ResponseFormat,
     WeightsMode,
     model_path,
     pool_result,
 )
+
+# Bodies above this are encoded and answers decoded in a worker thread, off the event loop.
+OFFLOAD_BYTES = 1 << 20
 
 
 class AsyncClient(Base):
@@ -122,11 +124,23 @@ class AsyncClient(Base):
         options = PoolOptions(
             model, version, weights, diagnostics, top_k, response_format, upload_dtype
         )
-        return await self._pool(
-            self._pool_request(embeddings, lengths, attention_mask, options, request_id)
-        )
+        return await self._pool(embeddings, lengths, attention_mask, options, request_id)
 
-    async def _pool(self, request: Request) -> PoolResult:
+    async def _pool(
+        self,
+        embeddings: ArrayLike,
+        lengths: ArrayLike | None,
+        attention_mask: ArrayLike | None,
+        options: PoolOptions,
+        request_id: str | None = None,
+    ) -> PoolResult:
+        """Encoding and decoding a large batch would stall every other task on the loop: past
+        OFFLOAD_BYTES they run in a worker thread."""
+        args = (embeddings, lengths, attention_mask, options, request_id)
+        if nbytes(embeddings) > OFFLOAD_BYTES:
+            request = await asyncio.to_thread(self._pool_request, *args)
+        else:
+            request = self._pool_request(*args)
         response = await self.request(
             "POST",
             request.path,
@@ -134,6 +148,8 @@ class AsyncClient(Base):
             headers=request.headers,
             content=request.content,
         )
+        if len(response.content) > OFFLOAD_BYTES:
+            return await asyncio.to_thread(pool_result, request, response)
         return pool_result(request, response)
 
     def pool_many(
@@ -170,7 +186,7 @@ class AsyncClient(Base):
 
         async def pool(sets: list[Any]) -> PoolResult:
             async with gate:
-                return await self._pool(self._pool_request(sets, None, None, many.options))
+                return await self._pool(sets, None, None, many.options)
 
         def send(batch: tuple[int, list[Any]] | None) -> None:
             if batch is not None:

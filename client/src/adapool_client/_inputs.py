@@ -49,6 +49,13 @@ class Prepared:
         return int(self.embeddings.shape[0])
 
 
+def nbytes(embeddings: ArrayLike | Sequence[ArrayLike]) -> int:
+    """The input's size in bytes, without converting it (0 for what is not an array yet)."""
+    if isinstance(embeddings, (list, tuple)):
+        return sum(getattr(item, "nbytes", 0) for item in embeddings)
+    return int(getattr(embeddings, "nbytes", 0))
+
+
 def _as_float(array: ArrayLike, where: str) -> NDArray[Any]:
     out = np.asarray(array)
     if out.dtype.kind not in "fiub":
