@@ -247,10 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args(argv)
-    try:
-        hey.version()
-    except hey.LoadGeneratorMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (problem := hey.missing()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     repository = serve.prepare_repository(args.work, wide=False)
     model = serve.DEFAULT_MODEL

@@ -440,10 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         "--server-args", default="", help='extra flags for both servers, e.g. "--max-wait-ms 0"'
     )
     args = parser.parse_args(argv)
-    try:
-        hey.version()
-    except hey.LoadGeneratorMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (problem := hey.missing()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
 
     models = [DEFAULT_MODEL] if args.quick else [DEFAULT_MODEL, WIDE_MODEL]

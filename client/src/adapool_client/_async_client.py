@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+)
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -27,6 +35,7 @@ from adapool_client._results import (
 from adapool_client._retry import NO_RETRY, Attempts, Retry
 from adapool_client._wire import (
     PoolOptions,
+    Request,
     ResponseFormat,
     WeightsMode,
     model_path,
@@ -124,23 +133,15 @@ class AsyncClient(Base):
         options = PoolOptions(
             model, version, weights, diagnostics, top_k, response_format, upload_dtype
         )
-        return await self._pool(embeddings, lengths, attention_mask, options, request_id)
+        build = partial(
+            self._pool_request, embeddings, lengths, attention_mask, options, request_id
+        )
+        return await self._pool(build, nbytes(embeddings))
 
-    async def _pool(
-        self,
-        embeddings: ArrayLike,
-        lengths: ArrayLike | None,
-        attention_mask: ArrayLike | None,
-        options: PoolOptions,
-        request_id: str | None = None,
-    ) -> PoolResult:
+    async def _pool(self, build: Callable[[], Request], size: int) -> PoolResult:
         """Encoding and decoding a large batch would stall every other task on the loop: past
         OFFLOAD_BYTES they run in a worker thread."""
-        args = (embeddings, lengths, attention_mask, options, request_id)
-        if nbytes(embeddings) > OFFLOAD_BYTES:
-            request = await asyncio.to_thread(self._pool_request, *args)
-        else:
-            request = self._pool_request(*args)
+        request = await asyncio.to_thread(build) if size > OFFLOAD_BYTES else build()
         response = await self.request(
             "POST",
             request.path,
@@ -186,7 +187,8 @@ class AsyncClient(Base):
 
         async def pool(sets: list[Any]) -> PoolResult:
             async with gate:
-                return await self._pool(sets, None, None, many.options)
+                build = partial(self._pool_request, sets, None, None, many.options)
+                return await self._pool(build, nbytes(sets))
 
         def send(batch: tuple[int, list[Any]] | None) -> None:
             if batch is not None:
