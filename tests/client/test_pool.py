@@ -191,3 +191,14 @@ def test_metadata_methods_read_the_servers_answers(url: str) -> None:
         assert info.limits.max_items_per_request == want_info["limits"]["max_items_per_request"]
         assert info.onnxruntime_version == want_info["onnxruntime"]["version"]
         assert info.raw["service"]["name"] == "adapool-serve"
+
+
+def test_stopping_pool_many_early_cancels_the_rest_and_the_client_goes_on(url: str) -> None:
+    items = ragged(9, [12] * 400)
+    with ac.Client(url) as client:
+        stream = client.pool_many(items, batch_size=4, concurrency=2)
+        first = [next(stream) for _ in range(3)]
+        stream.close()  # cancels the queued requests, waits for the ones in flight
+        assert [o.length for o in first] == [12, 12, 12]
+        np.testing.assert_allclose(first[2].pooled, reference(DEFAULT, items[2])[0], atol=ATOL)
+        assert client.pool(items[:1]).pooled.shape[0] == 1

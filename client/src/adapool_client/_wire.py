@@ -257,6 +257,8 @@ def _array(value: Any) -> Float32Array:
 
 
 def _from_json(request: Request, body: Mapping[str, Any]) -> PoolResult:
+    # label, probabilities and prediction stay None: no served model has them yet, and their
+    # wire form is not fixed (issue 18); they are read here and from the .npz when it is.
     weights = body.get("weights")
     diagnostics = body.get("diagnostics")
     return PoolResult(
