@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from adapool_client import Limits
-from adapool_client._many import BODY_MARGIN, Many, Planner
+from adapool_client._many import BODY_MARGIN, Many, Planner, progress_bar
 from adapool_client._wire import PoolOptions
 
 LIMITS = Limits(
@@ -76,3 +78,21 @@ def test_items_are_checked_with_their_index_in_the_input() -> None:
 def test_settings_below_one_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}: must be >= 1"):
         Many(PoolOptions(), **{name: 0})  # type: ignore[arg-type]
+
+
+def test_the_progress_bar_is_tqdm_when_installed_else_a_line_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tqdm = pytest.importorskip("tqdm")
+    bar = progress_bar(True, [1, 2, 3])
+    assert isinstance(bar, tqdm.tqdm) and bar.total == 3
+    bar.close()
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    bar = progress_bar(True, iter([1, 2, 3]))  # no len(): no total
+    bar.update(2)
+    bar.update(1)
+    bar.close()
+    assert capsys.readouterr().err.endswith("\rpooled 2 items\rpooled 3 items\n")
+    quiet = progress_bar(False, [1])
+    quiet.update(1)
+    assert capsys.readouterr().err == ""

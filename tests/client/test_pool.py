@@ -128,7 +128,7 @@ def test_diagnostics_are_the_servers_own_as_typed_records(url: str) -> None:
 
 
 def test_pool_many_yields_every_item_in_input_order_within_the_servers_limits(
-    url: str, caplog: pytest.LogCaptureFixture
+    url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = np.random.default_rng(6)
     lengths = rng.integers(1, 300, size=300).tolist()
@@ -136,8 +136,10 @@ def test_pool_many_yields_every_item_in_input_order_within_the_servers_limits(
     with ac.Client(url) as client, caplog.at_level(logging.DEBUG, "httpcore.connection"):
         # a generator: no len(), read lazily; 64 items x up to 300 tokens would pass 32,768
         # padded tokens only if the planner ignored the server's limit (read from /info)
-        out = list(client.pool_many((x for x in items), batch_size=200, concurrency=4))
+        stream = client.pool_many((x for x in items), batch_size=200, concurrency=4, progress=True)
+        out = list(stream)
     assert [o.length for o in out] == lengths
+    assert "300item" in capsys.readouterr().err  # tqdm's bar (no total: a generator)
     for x, o in zip(items[::17], out[::17], strict=True):
         pooled, w = reference(DEFAULT, x)
         np.testing.assert_allclose(o.pooled, pooled, atol=ATOL)
