@@ -1,5 +1,5 @@
 """What :class:`~adapool_client.Client` and :class:`~adapool_client.AsyncClient` share: their
-settings, the headers, a pool call as a request, and the metadata answers as typed records."""
+settings, the headers, a pool call as a request, readiness, the httpx settings."""
 
 from __future__ import annotations
 
