@@ -5,6 +5,7 @@ Workload: [8, 128, D] requests to one model, sent as the client sends them by de
 headers the client's encoder made. At concurrency 1 and ``high``:
 
 - hey (Go, a separate process);
+- httpx posting the same bytes in a loop, nothing else (concurrency 1 only): httpx's share;
 - ``Client.pool`` called in a loop (concurrency 1 only): the plain use;
 - ``Client.pool_many`` (threads) and ``AsyncClient.pool_many`` (one event loop) over a stream of
   [128, D] sets, ``batch_size=8``, ``concurrency=c``: the same requests.
@@ -29,10 +30,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from adapool_client import AsyncClient, Client, PooledItem
 from adapool_client._inputs import prepare
-from adapool_client._wire import PoolOptions, pool_request, pool_result
+from adapool_client._wire import PoolOptions, Request, pool_request, pool_result
 
 from bench import hey
 
@@ -89,6 +91,21 @@ def pool_loop(client: Client, x: np.ndarray, model: str, seconds: float) -> Cell
         return n
 
     return _timed("Client.pool loop", 1, go)
+
+
+def httpx_loop(url: str, request: Request, seconds: float) -> Cell:
+    """The client's request bytes posted with httpx alone (no encode, no decode): what httpx
+    costs, so that the client's own share is the difference."""
+
+    def go() -> int:
+        n, deadline = 0, time.perf_counter() + seconds
+        with httpx.Client(base_url=url) as plain:
+            while time.perf_counter() < deadline:
+                plain.post(request.path, content=request.content, headers=request.headers)
+                n += 1
+        return n
+
+    return _timed("httpx.Client.post loop", 1, go)
 
 
 def pool_many(client: Client, x: np.ndarray, model: str, c: int, seconds: float) -> Cell:
@@ -168,6 +185,7 @@ def measure(
             for _ in range(repeats):
                 cells = [hey_cell(url, model, body, request.headers, c, seconds)]
                 if c == 1:
+                    cells.append(httpx_loop(url, request, seconds))
                     cells.append(pool_loop(client, x, model, seconds))
                 cells.append(pool_many(client, x, model, c, seconds))
                 cells.append(async_pool_many(url, x, model, c, seconds))

@@ -17,6 +17,7 @@ def test_the_client_and_hey_send_the_same_requests_and_the_rows_say_so() -> None
     rows = {(r["runner"], r["concurrency"]): r for r in result["rows"]}
     assert set(rows) == {
         ("hey", 1),
+        ("httpx.Client.post loop", 1),
         ("Client.pool loop", 1),
         ("Client.pool_many", 1),
         ("AsyncClient.pool_many", 1),
