@@ -68,7 +68,7 @@ verify: setup  ## check every model in model_repository/ (integrity, signature, 
 lint: setup  ## ruff check, ruff format --check, mypy --strict (the client included)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models export service bench client/src/adapool_client
+	$(BIN)/mypy modelrepo models export service bench client/src/adapool_client
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

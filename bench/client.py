@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from bench import serve
-    from service.process import ROOT, running_server
+    from bench.process import ROOT, running_server
 
     parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")

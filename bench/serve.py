@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import client as client_bench
 from bench import hey
-from service.process import ROOT, running_server
+from bench.process import ROOT, running_server
 from service.settings import Settings
 
 DEFAULT_MODEL = Settings.model_fields["default_model"].default  # the service's default

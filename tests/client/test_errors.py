@@ -13,7 +13,7 @@ import adapool_client as ac
 import numpy as np
 import pytest
 
-from service import process
+from bench import process
 from tests.client.conftest import D, ragged
 from tests.reliability.common import REPOSITORY
 from tests.reliability.test_faults import POISON, faulty_model

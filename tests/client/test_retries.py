@@ -14,7 +14,7 @@ import adapool_client as ac
 import numpy as np
 import pytest
 
-from service import process
+from bench import process
 from tests.client.conftest import ragged, reference
 from tests.reliability.common import REPOSITORY
 
