@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.diagnostics import describe, summarise
+from service.core.diagnostics import describe, summarise
 from tests.client.conftest import DEFAULT, D, ragged, reference
 
 ATOL = 1e-5  # batched against alone (tests/service: the same bound)
