@@ -187,6 +187,8 @@ def test_metadata_methods_read_the_servers_answers(url: str) -> None:
         assert (version.name, version.input_dim, version.output_dim) == ("knn-cls", 16, 16)
         assert version.sha256 == want["sha256"] and version.pooling == want["pooling"]
         assert version.ready and version.provider == "CPUExecutionProvider"
+        assert version.task == ac.Task("pool") and want["task"]["kind"] == "pool"
+        assert version.outputs == tuple(want["outputs"]) and version.precision == want["precision"]
         info = client.info()
         want_info = raw.get("/info").json()
         assert info.default_model == DEFAULT and info.signal_rule == want_info["signal_rule"]

@@ -38,6 +38,7 @@ from adapool_client._results import (
     PoolResult,
     Readiness,
     ServiceInfo,
+    Task,
     TopToken,
 )
 from adapool_client._retry import Retry
@@ -70,6 +71,7 @@ __all__ = [
     "Retry",
     "ServerError",
     "ServiceInfo",
+    "Task",
     "TopToken",
     "UnsupportedMediaTypeError",
     "__version__",

@@ -164,6 +164,26 @@ def _optional_int(value: Any) -> int | None:
 
 
 @dataclass(frozen=True)
+class Task:
+    """What a model answers beyond the pooled vector and its weights: ``pool`` (nothing more),
+    ``classification`` (a label among ``classes``) or ``regression`` (``num_targets`` numbers)."""
+
+    kind: str
+    classes: tuple[str, ...] = ()
+    num_targets: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Task | None:
+        if data is None:
+            return None
+        return cls(
+            str(data["kind"]),
+            tuple(str(c) for c in data.get("classes") or ()),
+            _optional_int(data.get("num_targets")),
+        )
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     """One served model version, as ``GET /models/{name}`` describes it."""
 
@@ -181,6 +201,9 @@ class ModelVersion:
     signal_rule: str | None = None
     metrics: Mapping[str, Any] | None = None  # the manifest's test metrics
     sha256: str | None = None  # of model.onnx
+    task: Task | None = None  # None from a server that does not say
+    precision: str | None = None
+    outputs: tuple[str, ...] = ()  # the graph's outputs
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelVersion:
@@ -199,6 +222,9 @@ class ModelVersion:
             signal_rule=data.get("signal_rule"),
             metrics=data.get("metrics"),
             sha256=data.get("sha256"),
+            task=Task.from_json(data.get("task")),
+            precision=data.get("precision"),
+            outputs=tuple(data.get("outputs") or ()),
         )
 
 
