@@ -18,12 +18,18 @@ help:  ## list the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.serve.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+# The Python client (client/, its own package) goes into every environment, so that the
+# README's client examples run from .venv after `make run`.
+CLIENT := $(PIP) install --quiet -c $(CONSTRAINTS) -e ./client
+
+$(VENV)/.serve.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve]'
+	$(CLIENT)
 	@touch $@
 
-$(VENV)/.dev.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+$(VENV)/.dev.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev]'
+	$(CLIENT)
 	@touch $@ $(VENV)/.serve.stamp
 
 setup-serve: $(VENV)/.serve.stamp  ## install the serving environment (no torch)
@@ -48,8 +54,9 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
 
-$(VENV)/.bench.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+$(VENV)/.bench.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev,bench]'
+	$(CLIENT)
 	@touch $@ $(VENV)/.dev.stamp $(VENV)/.serve.stamp
 
 compare: $(VENV)/.bench.stamp  ## our server against naive FastAPI, LitServe and Triton, with a py-spy profile (needs hey)
@@ -58,10 +65,10 @@ compare: $(VENV)/.bench.stamp  ## our server against naive FastAPI, LitServe and
 verify: setup  ## check every model in model_repository/ (integrity, signature, ONNX Runtime vs PyTorch)
 	$(BIN)/python -m export.verify model_repository
 
-lint: setup  ## ruff check, ruff format --check, mypy --strict
+lint: setup  ## ruff check, ruff format --check, mypy --strict (the client included)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy modelrepo models export service bench
+	$(BIN)/mypy modelrepo models export service bench client/src/adapool_client
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
