@@ -31,6 +31,10 @@ HOW = {
     "promtool": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "prometheus": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "nginx": "Debian package nginx-light: apt-get install nginx-light (.ci/run does)",
+    "podman": "Debian packages podman and runc (apt-get install podman runc; .ci/run does), "
+    "or a Docker whose daemon answers",
+    "base image": "make base-image (Debian's mmdebstrap, as root; .ci/run does), or set "
+    "ADAPOOL_TEST_BASE_IMAGE to an image the build can pull (python:3.11-slim-bookworm)",
 }
 
 
