@@ -173,3 +173,29 @@ def container(
         yield name
     finally:
         found("rm", "--force", name, check=False)
+
+
+@contextmanager
+def docker_api(found: Engine, folder: Path) -> Iterator[dict[str, str]]:
+    """The Docker API for Docker Compose, as environment variables: podman's (``podman system
+    service`` on a socket of this test run's own, stopped afterwards), or Docker's daemon."""
+    if found.name == "docker":
+        yield {}
+        return
+    socket = folder / "podman.sock"
+    log_path = folder / "podman-service.log"
+    with log_path.open("wb") as log:
+        service = subprocess.Popen(
+            [*found.command, "system", "service", "--time=0", f"unix://{socket}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if service.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"podman system service: {log_path.read_text()}")
+            time.sleep(0.1)
+        yield {"DOCKER_HOST": f"unix://{socket}"}
+    finally:
+        tools.stop(service)

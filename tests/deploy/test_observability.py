@@ -95,12 +95,7 @@ def prometheus(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         wait_until(ready)
         yield Prometheus(url)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        tools.stop(process)
         log.close()
 
 

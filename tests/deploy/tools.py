@@ -67,6 +67,16 @@ def executable(name: str) -> str:
     return found
 
 
+def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM a tool the test started, SIGKILL it if it has not exited ``timeout`` s later."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def compose_config(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``docker compose config`` as JSON, with no .env file and none of the caller's settings."""
     clean = {
