@@ -37,14 +37,17 @@ SHUTDOWN_TIMEOUT = 5.0
 READY_TIMEOUT = 120.0
 
 
-def production(models: Path, port: int, *env: str) -> list[str]:
+def production(found: Engine, models: Path, port: int, *env: str) -> list[str]:
     """``run`` flags: compose's (read-only root, /tmp tmpfs, models read-only) and a restricted
     pod's (non-root uid, no capabilities, no privilege escalation). Host networking, so the
-    service listens on loopback only (the image's 0.0.0.0 would be every host interface)."""
+    service listens on loopback only (the image's 0.0.0.0 would be every host interface).
+    podman's --read-only also mounts tmpfs on /run and /var/tmp unless told not to; Docker's and
+    Kubernetes' do not, so neither does this."""
     flags = [
         "--network=host",
         "--user=10001:10001",
         "--read-only",
+        *(["--read-only-tmpfs=false"] if found.name == "podman" else []),
         "--tmpfs=/tmp",
         "--cap-drop=ALL",
         "--security-opt=no-new-privileges",
@@ -81,7 +84,7 @@ def serving(image: Built, *env: str) -> Iterator[Served]:
     """A container of the image under production constraints, ready; removed afterwards."""
     found, port = image.engine, free_port()
     started = time.monotonic()
-    flags = production(image.context / "model_repository", port, *env)
+    flags = production(found, image.context / "model_repository", port, *env)
     with container.container(found, image.tag, *flags) as name:
         url = f"http://127.0.0.1:{port}"
         yield Served(name, url, wait_ready(found, name, url, started))
@@ -173,12 +176,23 @@ mounts = {}
 for line in open("/proc/1/mountinfo"):
     fields = line.split()
     mounts[fields[4]] = {"options": fields[5].split(","), "type": fields[fields.index("-") + 1]}
-with open("/tmp/probe", "w") as f:  # the tmpfs is writable
-    f.write("ok")
+kernel = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+writes = {}
+for folder in ("/tmp", "/var/tmp", "/opt/adapool", "/models"):
+    try:
+        with open(folder + "/probe", "w") as f:
+            f.write("ok")
+        writes[folder] = "written"
+    except OSError as exc:
+        writes[folder] = exc.strerror
 print(json.dumps({
     "cmdline": open("/proc/1/cmdline").read().split("\0"),
     "status": {k: v.split() for k, v in status.items()},
     "mounts": {p: mounts[p] for p in ("/", "/tmp", "/models")},
+    "writable": sorted(
+        p for p, m in mounts.items() if "rw" in m["options"] and not p.startswith(kernel)
+    ),
+    "writes": writes,
 }))
 """
 
@@ -196,6 +210,13 @@ def test_runs_under_the_production_constraints(image: Built, served: Served) -> 
     assert "ro" in mounts["/"]["options"]
     assert "ro" in mounts["/models"]["options"]
     assert mounts["/tmp"]["type"] == "tmpfs" and "rw" in mounts["/tmp"]["options"]
+    assert probe["writable"] == ["/tmp"]  # the only writable mount but the kernel's
+    assert probe["writes"] == {
+        "/tmp": "written",
+        "/var/tmp": "Read-only file system",  # world-writable in the image, read-only here
+        "/opt/adapool": "Read-only file system",
+        "/models": "Read-only file system",
+    }
 
 
 def test_the_images_healthcheck_passes(image: Built, served: Served) -> None:
