@@ -19,10 +19,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import onnx
 
@@ -30,7 +30,6 @@ from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
-    MANIFEST_FORMAT,
     MODEL_FILE,
     TRITON_CONFIG,
     RepositoryError,
@@ -39,8 +38,8 @@ from export.repository import (
     version_dir,
 )
 from export.verify import cpu_session, parity
-from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model, write_json
-from models.metrics import SIGNAL_RULE
+from modelrepo import DEFAULT_RULE, FORMAT, Manifest, write_manifest
+from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model
 from models.model import PoolingModel
 
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
@@ -58,25 +57,28 @@ def package_versions() -> dict[str, str]:
 
 def build_manifest(
     name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
-) -> dict[str, Any]:
-    """Everything a server or a reader needs to know about one exported version."""
+) -> Manifest:
+    """Everything a server or a reader needs to know about one exported version (without the
+    export's own figures, which :func:`export_run` adds once parity is checked)."""
     config = model.config
     pooling = config.pooling
+    adapool = pooling.method == "adapool"
     metrics_file = run_dir / "metrics.json"
     graph = onnx.load(str(out / MODEL_FILE))
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     training = json.loads((run_dir / CONFIG_FILE).read_text())
-    return {
-        "format": MANIFEST_FORMAT,
+    spec = {
+        "format": FORMAT,
         "name": name,
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": {"kind": "pool"},
         "pooling": {
             "method": pooling.method,
-            "query": pooling.query if pooling.method == "adapool" else None,
-            "query_index": pooling.query_index if pooling.method == "adapool" else None,
+            "query": pooling.query if adapool else None,
+            "query_index": pooling.query_index if adapool else None,
             "query_indices": list(pooling.query_indices),
-            "residual": pooling.use_residual if pooling.method == "adapool" else None,
+            "residual": pooling.use_residual if adapool else None,
         },
         "input_dim": config.input_dim,
         "output_dim": config.out_dim,
@@ -99,7 +101,6 @@ def build_manifest(
                 "shape": ["batch", config.pooling_heads, "tokens"],
             },
         ],
-        "min_real_tokens_note": "rows need >= 1 real token; a token query needs its token real",
         "precision": "fp32",
         "opset": opset,
         "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
@@ -107,17 +108,16 @@ def build_manifest(
             f"{CHECKPOINT_DIR}/{p.name}": sha256_file(p)
             for p in sorted((out / CHECKPOINT_DIR).iterdir())
         },
-        "training": training,
+        "signal_rule": DEFAULT_RULE.to_dict(),
         "metrics": json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
-        "signal_rule": SIGNAL_RULE,
+        "training": training,
         "packages": package_versions(),
         "command": command,
     }
+    return Manifest.from_dict(spec)
 
 
-def export_run(
-    run_dir: Path, name: str, version: int, repository: Path, command: str
-) -> dict[str, Any]:
+def export_run(run_dir: Path, name: str, version: int, repository: Path, command: str) -> Manifest:
     """Export ``run_dir``'s best checkpoint; returns the manifest written."""
     target = version_dir(repository, name, version)
     if target.exists():
@@ -136,7 +136,7 @@ def export_run(
         session = cpu_session(out / MODEL_FILE)
         startup = time.perf_counter() - started
         results = parity(session, model)
-        manifest["export"] = {
+        figures = {
             "seconds": round(seconds, 2),
             "model_bytes": (out / MODEL_FILE).stat().st_size,
             "onnxruntime_session_seconds": round(startup, 4),
@@ -150,14 +150,15 @@ def export_run(
             ],
             "parity_ok": all(r.ok() for r in results),
         }
-        if not manifest["export"]["parity_ok"]:
+        manifest = replace(manifest, provenance=replace(manifest.provenance, export=figures))
+        if not figures["parity_ok"]:
             bad = [r.name for r in results if not r.ok()]
             raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
         if config_file.exists() and config_file.read_text() != triton_config(name, manifest):
             raise RepositoryError(
                 f"{config_file} describes a different signature: export under another --name"
             )
-        write_json(out / MANIFEST_FILE, manifest)
+        write_manifest(out / MANIFEST_FILE, manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), target)
     config_file.write_text(triton_config(name, manifest))
@@ -180,11 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RepositoryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    e = manifest["export"]
+    e = manifest.provenance.export
     worst = max(max(p["max_abs_diff_pooled"], p["max_abs_diff_weights"]) for p in e["parity"])
     print(
         f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
-        f"{manifest['opset']}, export {e['seconds']:.1f}s, onnxruntime session start "
+        f"{manifest.opset}, export {e['seconds']:.1f}s, onnxruntime session start "
         f"{e['onnxruntime_session_seconds'] * 1000:.0f} ms, parity max abs diff {worst:.1e} "
         f"over {len(e['parity'])} cases"
     )

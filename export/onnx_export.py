@@ -3,7 +3,8 @@
 The graph: inputs ``embeddings`` float32 [batch, tokens, D] and ``attention_mask`` bool
 [batch, tokens] (True = real token); outputs ``pooled`` float32 [batch, D_out] and ``weights``
 float32 [batch, heads, tokens]. Batch and tokens are dynamic axes (the dynamo exporter; the
-legacy exporter can freeze the example's sequence length, see ../shared/environment.md).
+legacy exporter can freeze the example's sequence length: with ``nn.MultiheadAttention`` it writes
+the example's length into a Reshape, and every other length fails at run time).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-SIGNAL_RULE_NAME = "quarter-max"  # the project's rule, one of SIGNAL_RULES (defined below)
+from modelrepo.signal_rules import DEFAULT_RULE_NAME, NAMED
+
+SIGNAL_RULE_NAME = DEFAULT_RULE_NAME  # the project's rule, one of SIGNAL_RULES (defined below)
 
 FloatArray = NDArray[np.floating]
 BoolArray = NDArray[np.bool_]
@@ -37,45 +39,12 @@ def head_mean(weights: FloatArray) -> NDArray[np.float64]:
     return w.mean(axis=1) if w.ndim == 3 else w
 
 
-def _uniform_share(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
-    n_real = mask.sum(axis=1, keepdims=True)
-    chosen: BoolArray = (w > share / n_real) & mask
-    return chosen
-
-
-def _share_of_max(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
-    top = np.where(mask, w, -np.inf).max(axis=1, keepdims=True)
-    chosen: BoolArray = (w >= share * top) & mask
-    return chosen
-
-
-def _mass(w: NDArray[np.float64], mask: BoolArray, mass: float) -> BoolArray:
-    """The fewest largest-weight tokens holding ``mass`` of the weight."""
-    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
-    sorted_w = np.take_along_axis(np.where(mask, w, 0.0), order, axis=1)
-    before = np.cumsum(sorted_w, axis=1) - sorted_w  # mass of the tokens ahead of each
-    keep_sorted = before < mass * sorted_w.sum(axis=1, keepdims=True)
-    keep = np.zeros_like(mask)
-    np.put_along_axis(keep, order, keep_sorted, axis=1)
-    return keep & mask
-
-
 # Candidate signal-set rules: name -> (definition, rule(head-mean weights (S, N), mask) -> set).
+# The rules and their one implementation live in modelrepo.signal_rules, which the service uses
+# too: a manifest's figures and the service's signal sets come from the same code.
 Rule = Callable[[NDArray[np.float64], BoolArray], BoolArray]
 SIGNAL_RULES: dict[str, tuple[str, Rule]] = {
-    "uniform": ("head-mean weight > 1/n_real", lambda w, m: _uniform_share(w, m, 1.0)),
-    "half-uniform": ("head-mean weight > 1/(2 n_real)", lambda w, m: _uniform_share(w, m, 0.5)),
-    "half-max": ("head-mean weight >= max weight / 2", lambda w, m: _share_of_max(w, m, 0.5)),
-    "quarter-max": ("head-mean weight >= max weight / 4", lambda w, m: _share_of_max(w, m, 0.25)),
-    "tenth-max": ("head-mean weight >= max weight / 10", lambda w, m: _share_of_max(w, m, 0.1)),
-    "mass-90": (
-        "the fewest largest head-mean weights holding 90% of the weight",
-        lambda w, m: _mass(w, m, 0.9),
-    ),
-    "mass-95": (
-        "the fewest largest head-mean weights holding 95% of the weight",
-        lambda w, m: _mass(w, m, 0.95),
-    ),
+    name: (rule.definition, rule.select) for name, rule in NAMED.items()
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from export.repository import find_versions
 from export.verify import main as verify_main
+from modelrepo import DEFAULT_RULE, FORMAT, read_manifest
 from models.metrics import SIGNAL_RULE
 from service.settings import Settings
 
@@ -38,7 +39,8 @@ def test_the_default_models_manifest_records_validated_weights() -> None:
     """The service's default model: trained on the Signature task, its weights validated per SNR
     band under the project's signal rule, the figures (and chance levels) in its manifest."""
     manifest = json.loads((REPOSITORY / SIGNATURE / "1" / "manifest.json").read_text())
-    assert manifest["signal_rule"] == SIGNAL_RULE == manifest["metrics"]["weights"]["rule"]
+    assert manifest["signal_rule"] == DEFAULT_RULE.to_dict()
+    assert manifest["metrics"]["weights"]["rule"] == SIGNAL_RULE == DEFAULT_RULE.definition
     assert manifest["metrics"]["task"] == "signature"
     assert manifest["pooling"]["method"] == "adapool" and manifest["pooling"]["query"] == "mean"
     bands = {b["log2_snr"]: b["weights"] for b in manifest["metrics"]["bands"]}
@@ -52,5 +54,7 @@ def test_the_default_models_manifest_records_validated_weights() -> None:
 
 @pytest.mark.parametrize("name", [*KNN, SIGNATURE])
 def test_every_manifest_states_its_metrics_under_the_services_rule(name: str) -> None:
-    manifest = json.loads((REPOSITORY / name / "1" / "manifest.json").read_text())
-    assert manifest["signal_rule"] == SIGNAL_RULE == manifest["metrics"]["weights"]["rule"]
+    manifest = read_manifest(REPOSITORY / name / "1" / "manifest.json")
+    assert manifest.format == FORMAT and manifest.signal_rule == DEFAULT_RULE
+    assert manifest.metrics is not None and manifest.metrics.weights is not None
+    assert manifest.metrics.weights.rule == SIGNAL_RULE == DEFAULT_RULE.definition

@@ -17,6 +17,7 @@ from export.onnx_export import ExportWrapper
 from export.repository import RepositoryError, find_versions, sha256_file
 from export.rescore import main as rescore_main
 from export.verify import main as verify_main
+from modelrepo import NAMED
 from models import train as training
 from models.checkpoint import load_model
 from models.data.knn_centroid import generate
@@ -54,7 +55,13 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "checkpoint/model.safetensors",
     }
     assert manifest["training"]["model"]["depth"] == 2
-    assert manifest["signal_rule"] == SIGNAL_RULE == "head-mean weight >= max weight / 4"
+    assert manifest["signal_rule"] == {
+        "kind": "share_of_max",
+        "value": 0.25,
+        "definition": SIGNAL_RULE,
+    }
+    assert SIGNAL_RULE == "head-mean weight >= max weight / 4"
+    assert manifest["format"] == 2 and manifest["task"] == {"kind": "pool"}
     assert manifest["packages"]["torch"].startswith("2.13")
     assert manifest["export"]["parity_ok"] is True
     assert max(p["max_abs_diff_pooled"] for p in manifest["export"]["parity"]) < 1e-4
@@ -189,15 +196,16 @@ def test_rescore_restates_metrics_under_the_current_rule(repository: Path, tmp_p
     # As an export under an older rule would have written it (the fixture's runs have no metrics).
     model, config = load_model(repo / "adapool-mean" / "1" / "checkpoint")
     old = training.test_metrics(model, training.make_data(config.data)["test"], config)
-    old["weights"]["rule"] = "an older rule"
+    older = NAMED["uniform"]  # the project's rule before "quarter-max"
+    old["weights"]["rule"] = older.definition
     old["epochs"] = 7
-    manifest.update(signal_rule="an older rule", metrics=old)
+    manifest.update(signal_rule=older.to_dict(), metrics=old)
     manifest_file.write_text(json.dumps(manifest))
     assert rescore_main([str(repo)]) == 0
     new = json.loads(manifest_file.read_text())
-    assert new["signal_rule"] == SIGNAL_RULE == new["metrics"]["weights"]["rule"]
+    assert new["signal_rule"]["definition"] == SIGNAL_RULE == new["metrics"]["weights"]["rule"]
     assert new["metrics"]["signal_loss"] == old["signal_loss"]  # same model, same test split
     assert new["metrics"]["epochs"] == 7  # the training record is kept
-    assert new["rescored"][0]["previous_signal_rule"] == "an older rule"
+    assert new["rescored"][0]["previous_signal_rule"] == older.definition
     assert rescore_main([str(repo)]) == 0  # idempotent
     assert len(json.loads(manifest_file.read_text())["rescored"]) == 1
