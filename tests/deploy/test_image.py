@@ -25,6 +25,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.api.bodies import PROCESS_VALUES
 from service.settings import Settings
 from tests.deploy import container
 from tests.deploy.container import Built, Engine
@@ -197,6 +198,20 @@ print(json.dumps({
 """
 
 
+# The server's child processes (PID 1's), by command line.
+CHILDREN_PROBE = r"""
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        cmdline = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:
+        continue
+    if stat.rsplit(")", 1)[1].split()[1] == "1":
+        print(pid, cmdline)
+"""
+
+
 def test_runs_under_the_production_constraints(image: Built, served: Served) -> None:
     result = image.engine("exec", served.name, "python", "-c", CONSTRAINTS_PROBE)
     probe = json.loads(result.stdout)
@@ -235,20 +250,28 @@ def test_the_images_healthcheck_passes(image: Built, served: Served) -> None:
 
 
 def test_serves_what_onnxruntime_computes_and_scrapes(image: Built, served: Served) -> None:
+    """A small JSON body (parsed in the server) and one of 76,800 values (over PROCESS_VALUES:
+    parsed in the spawned worker process, which must start under the same constraints)."""
     assert httpx.get(f"{served.url}/health/ready", timeout=10).status_code == 200
     model_file = image.context / "model_repository" / MODEL / "1" / "model.onnx"
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(20)
-    xs = [rng.standard_normal((n, 16)).astype(np.float32) for n in (9, 1, 4)]
-    r = httpx.post(f"{served.url}/pool", json={"embeddings": [x.tolist() for x in xs]}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["model"] == MODEL and body["provider"] == "CPUExecutionProvider"
-    for i, x in enumerate(xs):
-        mask = np.ones((1, len(x)), dtype=bool)
-        pooled, weights = session.run(None, {"embeddings": x[None], "attention_mask": mask})
-        np.testing.assert_allclose(body["pooled"][i], pooled[0], atol=1e-5)
-        np.testing.assert_allclose(body["weights"][i], weights[0].mean(0), atol=1e-5)
+    small = [rng.standard_normal((n, 16)).astype(np.float32) for n in (9, 1, 4)]
+    large = [rng.standard_normal((240, 16)).astype(np.float32) for _ in range(20)]
+    assert sum(x.size for x in large) > PROCESS_VALUES
+    for xs in (small, large):
+        embeddings = [x.tolist() for x in xs]
+        r = httpx.post(f"{served.url}/pool", json={"embeddings": embeddings}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == MODEL and body["provider"] == "CPUExecutionProvider"
+        for i, x in enumerate(xs):
+            mask = np.ones((1, len(x)), dtype=bool)
+            pooled, weights = session.run(None, {"embeddings": x[None], "attention_mask": mask})
+            np.testing.assert_allclose(body["pooled"][i], pooled[0], atol=1e-5)
+            np.testing.assert_allclose(body["weights"][i], weights[0].mean(0), atol=1e-5)
+    children = image.engine("exec", served.name, "python", "-c", CHILDREN_PROBE).stdout
+    assert "multiprocessing" in children, children  # the JSON worker, a child of the server
 
     metrics = httpx.get(f"{served.url}/metrics", timeout=10)
     assert metrics.status_code == 200
