@@ -58,6 +58,7 @@ class Decoders:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = limits(settings)
         self._pool: ProcessPoolExecutor | None = None
 
     async def decode(
@@ -67,8 +68,8 @@ class Decoders:
         content_type = headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type != JSON or len(body) <= OFFLOAD_BYTES:
             if len(body) <= OFFLOAD_BYTES:
-                return decode_body(body, headers, query, s)
-            return await asyncio.to_thread(decode_body, body, headers, query, s)
+                return decode_body(body, headers, query, self.limits)
+            return await asyncio.to_thread(decode_body, body, headers, query, self.limits)
         values = body.count(b",") + 1  # each value but the last of a list is followed by one
         if values > s.max_json_values:
             raise PayloadTooLarge(
@@ -77,12 +78,12 @@ class Decoders:
                 {"field": "body", "limit": s.max_json_values},
             )
         if values <= PROCESS_VALUES or s.json_decode_processes == 0:
-            return await asyncio.to_thread(decode_body, body, headers, query, s)
+            return await asyncio.to_thread(decode_body, body, headers, query, self.limits)
         check_no_lengths(headers, query)
         try:
             loop = asyncio.get_running_loop()
             worker = self._workers()
-            return await loop.run_in_executor(worker, decode_json_and_trim, body, limits(s))
+            return await loop.run_in_executor(worker, decode_json_and_trim, body, self.limits)
         except BrokenProcessPool:  # a worker died (killed for memory, say): start afresh
             self.close()
             raise NotReady("the JSON decoding worker stopped; retry the request") from None
@@ -129,20 +130,20 @@ def check_no_lengths(headers: Headers, query: dict[str, str]) -> None:
 
 
 def decode_body(
-    body: bytes, headers: Headers, query: dict[str, str], s: Settings
+    body: bytes, headers: Headers, query: dict[str, str], limits: codecs.Limits
 ) -> tuple[Batch, dict[str, Any]]:
     """Pick the decoder by Content-Type; returns the batch and JSON body options."""
     content_type = headers.get("content-type", JSON).split(";")[0].strip().lower()
     if content_type == JSON:
         check_no_lengths(headers, query)
-        return codecs.decode_json(body, limits(s))
+        return codecs.decode_json(body, limits)
     lengths = codecs.parse_lengths(headers.get("x-lengths") or query.get("lengths"))
     if content_type == NPY:
-        return codecs.decode_npy(body, lengths, limits(s)), {}
+        return codecs.decode_npy(body, lengths, limits), {}
     if content_type == RAW:
         shape = codecs.parse_shape(headers.get("x-shape"))
         dtype = headers.get("x-dtype", "float32")
-        return codecs.decode_raw(body, shape, dtype, lengths, limits(s)), {}
+        return codecs.decode_raw(body, shape, dtype, lengths, limits), {}
     raise UnsupportedMediaType(
         f"unsupported Content-Type {content_type!r}", {"supported": [JSON, NPY, RAW]}
     )

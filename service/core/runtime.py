@@ -308,10 +308,10 @@ class Runtime:
         started = time.perf_counter()
         items = describe(summary, top_k)
         for item in items:
-            if item.normalized_entropy is not None:
-                m.entropy.observe(item.normalized_entropy)
-            m.effective_tokens.observe(item.effective_tokens)
-            m.estimated_snr.observe(item.estimated_snr)
+            if item["normalized_entropy"] is not None:
+                m.entropy.observe(item["normalized_entropy"])
+            m.effective_tokens.observe(item["effective_tokens"])
+            m.estimated_snr.observe(item["estimated_snr"])
         m.diagnostics.observe(time.perf_counter() - started)
         return items
 

@@ -35,6 +35,9 @@ HOW = {
     "or a Docker whose daemon answers",
     "base image": "make base-image (Debian's mmdebstrap, as root; .ci/run does), or set "
     "ADAPOOL_TEST_BASE_IMAGE to an image the build can pull (python:3.11-slim-bookworm)",
+    "kubectl": "kubectl with kustomize (the Google Cloud CLI's, preinstalled on these machines; "
+    "Debian 12's kubernetes-client 1.20 is too old)",
+    "k8s-schemas": "the shared folder ../shared/k8s-schemas/ beside the repository",
 }
 
 

@@ -131,8 +131,8 @@ async def test_pool_returns_each_items_rows_and_diagnostics(repository: Path) ->
         assert result.outputs["weights"].shape == (3, 2, 6)
         assert result.mean_weights[1, :2].tolist() == [0.5, 0.5]
         assert result.diagnostics is not None and len(result.diagnostics) == 3
-        assert result.diagnostics[1].effective_tokens == pytest.approx(2.0)
-        assert result.diagnostics[2].signal_tokens == [0, 1, 2, 3]  # uniform: all signal
+        assert result.diagnostics[1]["effective_tokens"] == pytest.approx(2.0)
+        assert result.diagnostics[2]["signal_tokens"] == [0, 1, 2, 3]  # uniform: all signal
         plain = await core.pool("signature-adapool", None, Caller(x, diagnostics=False))
         assert plain.diagnostics is None and plain.summary is None
     finally:
