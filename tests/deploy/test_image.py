@@ -39,8 +39,9 @@ READY_TIMEOUT = 120.0
 
 
 def production(found: Engine, models: Path, port: int, *env: str) -> list[str]:
-    """``run`` flags: compose's (read-only root, /tmp tmpfs, models read-only) and a restricted
-    pod's (non-root uid, no capabilities, no privilege escalation). Host networking, so the
+    """``run`` flags: compose's (read-only root, /tmp tmpfs, models read-only) and the pod's of
+    deploy/kubernetes/base/deployment.yaml (uid and gid 10001, every capability dropped, no
+    privilege escalation, the runtime's default seccomp profile). Host networking, so the
     service listens on loopback only (the image's 0.0.0.0 would be every host interface).
     podman's --read-only also mounts tmpfs on /run and /var/tmp unless told not to; Docker's and
     Kubernetes' do not, so neither does this."""
@@ -220,7 +221,8 @@ def test_runs_under_the_production_constraints(image: Built, served: Served) -> 
     assert status["Uid"] == ["10001"] * 4 and status["Gid"] == ["10001"] * 4
     for capabilities in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(status[capabilities][0], 16) == 0, (capabilities, status[capabilities])
-    assert status["NoNewPrivs"] == ["1"]
+    assert status["NoNewPrivs"] == ["1"]  # allowPrivilegeEscalation: false
+    assert status["Seccomp"] == ["2"]  # a filter: the engine's default profile (RuntimeDefault)
     mounts = probe["mounts"]
     assert "ro" in mounts["/"]["options"]
     assert "ro" in mounts["/models"]["options"]
