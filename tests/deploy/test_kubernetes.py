@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from service.metrics import Metrics
 from service.settings import Settings
-from service.shutdown import ANSWER_SECONDS
+from service.server import ANSWER_SECONDS
 from tests.deploy import kube, tools
 from tests.deploy.test_dockerfiles import stages
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.process import running_server
+from bench.process import running_server
 from tests.deploy import kube, tools
 
 Doc = dict[str, Any]
