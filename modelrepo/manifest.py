@@ -319,6 +319,7 @@ class Manifest:
     provenance: Provenance
     task: TaskSpec = TaskSpec()
     metrics: Metrics | None = None
+    preferred_batch_tokens: int | None = None  # serving.preferred_batch_tokens: a pinned policy
     format: int = FORMAT
 
     @property
@@ -378,6 +379,11 @@ class Manifest:
             provenance=Provenance.parse(f),
             task=task,
             metrics=Metrics.parse(f.obj("metrics")) if f.has("metrics") else None,
+            preferred_batch_tokens=(
+                f.obj("serving").integer("preferred_batch_tokens", minimum=1, default=None)
+                if f.has("serving")
+                else None
+            ),
             format=form,
         )
         manifest._check_signature()
@@ -423,6 +429,8 @@ class Manifest:
         }
         if p.history:
             out["rescored"] = [dict(h) for h in p.history]
+        if self.preferred_batch_tokens is not None:
+            out["serving"] = {"preferred_batch_tokens": self.preferred_batch_tokens}
         return out
 
 

@@ -54,6 +54,7 @@ class ModelMetrics:
         self.batch_tokens = metrics.batch_tokens.labels(name)
         self.padding_ratio = metrics.padding_ratio.labels(name)
         self.queue_depth = metrics.queue_depth.labels(name)
+        self.preferred_tokens = metrics.preferred_tokens.labels(name)
         self.entropy = metrics.entropy.labels(name)
         self.effective_tokens = metrics.effective_tokens.labels(name)
         self.estimated_snr = metrics.estimated_snr.labels(name)
@@ -110,6 +111,12 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "adapool_queue_depth", "Requests waiting for a model run", ["model"], registry=registry
+        )
+        self.preferred_tokens = Gauge(
+            "adapool_batch_preferred_tokens",
+            "Padded tokens per model run the batcher aims for (0: up to the caps)",
+            ["model"],
+            registry=registry,
         )
         self.in_flight = Gauge(
             "adapool_requests_in_flight", "Requests being handled", registry=registry

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(64, gt=0, description="items merged into one model run")
     max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")
+    batch_policy: Literal["measure", "off"] = Field(
+        "measure",
+        description="measure: time each model at start-up and close runs at the smallest batch "
+        "within 5% of its best items/s; off: batch up to the caps alone",
+    )
+    preferred_batch_tokens: int | None = Field(
+        None, gt=0, description="pin every model's run size in padded tokens (none: per model)"
+    )
+    batch_probe_seconds: float = Field(
+        0.25, gt=0, description="about this long per model for the start-up measurement"
+    )
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill (0: batch what queued meanwhile)"
     )
@@ -77,7 +88,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_key", "grpc_port", mode="before")
+    @field_validator("api_key", "grpc_port", "preferred_batch_tokens", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # ADAPOOL_API_KEY= (set but empty, as compose files write it) means no key, not "".

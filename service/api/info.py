@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from service.api.deps import KEYED, RuntimeDep
 from service.api.schemas import Info, errors
 from service.core.diagnostics import SIGNAL_RULE
+from service.core.models import BatchPolicyInfo
 
 router = APIRouter(tags=["service"], dependencies=KEYED)
 
@@ -44,6 +45,11 @@ async def info(runtime: RuntimeDep) -> Info:
             "max_batch_tokens": s.max_batch_tokens,
             "max_wait_ms": s.max_wait_ms,
             "max_queue_requests": s.max_queue_requests,
+        },
+        batch_policies={
+            served.label: BatchPolicyInfo.of(served.policy)
+            for served in runtime.versions()
+            if served.policy is not None
         },
         auth=s.api_key is not None,
         uptime_seconds=time.time() - runtime.started,

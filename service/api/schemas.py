@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from service.core.diagnostics import ItemDiagnostics
-from service.core.models import ModelVersionInfo
+from service.core.models import BatchPolicyInfo, ModelVersionInfo
 
 
 class PoolResponse(BaseModel):
@@ -83,6 +83,9 @@ class Info(BaseModel):
     signal_rule: str = Field(description="the default rule, for models that chose none")
     limits: dict[str, int]
     batching: dict[str, float]
+    batch_policies: dict[str, BatchPolicyInfo] = Field(
+        description="per model version: the run size its batcher aims for, and why"
+    )
     auth: bool
     uptime_seconds: float
 

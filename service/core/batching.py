@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,6 +55,14 @@ class BatchLimits:
     max_batch_tokens: int  # padded tokens per run: items x longest item
     max_wait: float  # seconds the oldest request may wait for the batch to fill
     max_queue: int  # queued requests
+    preferred_tokens: int | None = None  # close a run at this many padded tokens (policy.py)
+
+    @property
+    def token_budget(self) -> int:
+        """Padded tokens a run is filled up to."""
+        if self.preferred_tokens is None:
+            return self.max_batch_tokens
+        return min(self.max_batch_tokens, self.preferred_tokens)
 
 
 @dataclass(eq=False)
@@ -77,16 +85,22 @@ class Job:
         return int(self.embeddings.shape[1])
 
 
-def select_batch(pending: list[Job], now: float, limits: BatchLimits) -> list[Job] | None:
+def select_batch(
+    pending: list[Job], now: float, limits: BatchLimits, idle: bool = True
+) -> list[Job] | None:
     """The next batch to run, or None to keep waiting.
 
     The oldest job always goes first; others join by closeness of length (less padding) while
-    the batch stays within ``max_batch_size`` items and ``max_batch_tokens`` padded tokens. The
-    batch runs when it is full, when a waiting job no longer fits, or when the oldest job has
-    waited ``max_wait``.
+    the batch stays within ``max_batch_size`` items and the token budget (``max_batch_tokens``,
+    or the model's ``preferred_tokens`` when smaller). The batch runs when it is full, when a
+    waiting job no longer fits, or when the oldest job has waited ``max_wait``. While the model
+    is busy (``idle`` false) only a batch that is already complete is taken (to be prepared
+    while the model runs): one that could still grow waits for the model, so that batches
+    never shrink for being chosen early.
     """
     if not pending:
         return None
+    budget = limits.token_budget
     oldest = pending[0]
     batch, items, longest = [oldest], oldest.items, oldest.length
     left_out = False
@@ -94,14 +108,14 @@ def select_batch(pending: list[Job], now: float, limits: BatchLimits) -> list[Jo
         new_longest = max(longest, job.length)
         if (
             items + job.items <= limits.max_batch_size
-            and (items + job.items) * new_longest <= limits.max_batch_tokens
+            and (items + job.items) * new_longest <= budget
         ):
             batch.append(job)
             items, longest = items + job.items, new_longest
         else:
             left_out = True
-    full = items >= limits.max_batch_size or items * longest >= limits.max_batch_tokens
-    if full or left_out or now - oldest.enqueued >= limits.max_wait:
+    full = items >= limits.max_batch_size or items * longest >= budget
+    if full or left_out or (idle and now - oldest.enqueued >= limits.max_wait):
         return batch
     return None
 
@@ -271,21 +285,62 @@ class Batcher:
         return await future
 
     async def _loop(self) -> None:
-        while True:
-            batch = select_batch(self._pending, self._clock(), self.limits)
-            if batch is None:
-                self._wake.clear()
-                timeout = None
-                if self._pending:
-                    timeout = max(
-                        0.0, self._pending[0].enqueued + self.limits.max_wait - self._clock()
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                continue
-            chosen = set(map(id, batch))
-            self._set_pending([job for job in self._pending if id(job) not in chosen])
-            await self._execute(batch)
+        """Select, prepare and run batches. While a run is in flight, the next batch, if it is
+        already complete, is prepared (clients checked, inputs merged) so that the model starts
+        it as soon as it is free."""
+        running: asyncio.Task[None] | None = None
+        try:
+            while True:
+                busy = running is not None and not running.done()
+                batch = select_batch(self._pending, self._clock(), self.limits, idle=not busy)
+                if batch is None:
+                    await self._wait(running if busy else None)
+                    continue
+                chosen = set(map(id, batch))
+                self._set_pending([job for job in self._pending if id(job) not in chosen])
+                prepared = await self._prepare(batch)
+                if prepared is None:  # every client of the batch had left
+                    continue
+                if running is not None:
+                    await running  # the run before this one delivers first
+                running = asyncio.get_running_loop().create_task(self._execute(*prepared))
+        finally:
+            if running is not None and not running.done():
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+
+    async def _wait(self, running: asyncio.Task[None] | None) -> None:
+        """Until a request is queued, the run in flight ends, or the oldest job's deadline."""
+        self._wake.clear()
+        timeout = None
+        if self._pending and running is None:
+            timeout = max(0.0, self._pending[0].enqueued + self.limits.max_wait - self._clock())
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        if running is not None:
+            waiters.append(running)
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiters[0].cancel()
+
+    async def _prepare(
+        self, batch: list[Job]
+    ) -> tuple[list[Job], NDArray[np.float32], NDArray[np.bool_]] | None:
+        """The batch's live jobs and their merged inputs (None if every client left). A
+        failure here fails exactly this batch's requests."""
+        try:
+            live = await self._live(batch)
+            if not live:
+                return None
+            embeddings, mask = merge(live)
+        except asyncio.CancelledError:
+            self._fail(batch, NotReady("the server is shutting down"))
+            raise
+        except Exception as exc:
+            self._fail(batch, InferenceFailed(f"batch failed: {type(exc).__name__}: {exc}"[:300]))
+            return None
+        return live, embeddings, mask
 
     async def _live(self, batch: list[Job]) -> list[Job]:
         """Drop jobs whose caller gave up or whose client disconnected."""
@@ -310,23 +365,23 @@ class Batcher:
         extra = self._extra(arrays, mask) if wanted and self._extra is not None else None
         return Outputs(arrays, finite_rows(arrays), extra)
 
-    async def _execute(self, batch: list[Job]) -> None:
-        """Run one batch. Whatever happens, every job of the batch ends resolved: a failure
-        anywhere (merge, the run, split, metrics) fails exactly this batch's requests."""
+    async def _execute(
+        self, batch: list[Job], embeddings: NDArray[np.float32], mask: NDArray[np.bool_]
+    ) -> None:
+        """Run one prepared batch. Whatever happens, every job of the batch ends resolved: a
+        failure anywhere (the run, split, metrics) fails exactly this batch's requests."""
         try:
-            await self._execute_unguarded(batch)
+            await self._execute_unguarded(batch, embeddings, mask)
         except asyncio.CancelledError:
             self._fail(batch, NotReady("the server is shutting down"))
             raise
         except Exception as exc:
             self._fail(batch, InferenceFailed(f"batch failed: {type(exc).__name__}: {exc}"[:300]))
 
-    async def _execute_unguarded(self, batch: list[Job]) -> None:
-        batch = await self._live(batch)
-        if not batch:
-            return
+    async def _execute_unguarded(
+        self, batch: list[Job], embeddings: NDArray[np.float32], mask: NDArray[np.bool_]
+    ) -> None:
         started = self._clock()
-        embeddings, mask = merge(batch)
         loop = asyncio.get_running_loop()
         try:
             wanted = self._extra is not None and any(job.wants_extra for job in batch)

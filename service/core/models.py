@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from modelrepo import Manifest, ManifestError, read_manifest, scan_versions
 from service.core.batching import Batcher
+from service.core.policy import BatchPolicy
 
 if TYPE_CHECKING:
     from service.core.runtime import Backend
@@ -60,6 +61,29 @@ class PoolingInfo(BaseModel):
     residual: bool | None
 
 
+class CurvePoint(BaseModel):
+    batch: int
+    items_per_second: float
+
+
+class BatchPolicyInfo(BaseModel):
+    source: str = Field(description="measured, settings, manifest, or off")
+    preferred_tokens: int | None = Field(description="padded tokens per run; null: the caps")
+    preferred_items: int | None = Field(description="the same at the probe's token length")
+    probe_tokens: int = Field(description="the token length the curve was measured at")
+    curve: list[CurvePoint] = Field(description="items/s by batch size, as measured")
+
+    @classmethod
+    def of(cls, policy: BatchPolicy) -> BatchPolicyInfo:
+        return cls(
+            source=policy.source,
+            preferred_tokens=policy.preferred_tokens,
+            preferred_items=policy.preferred_items,
+            probe_tokens=policy.probe_tokens,
+            curve=[CurvePoint(batch=b, items_per_second=round(v, 1)) for b, v in policy.curve],
+        )
+
+
 class ModelVersionInfo(BaseModel):
     name: str
     version: int
@@ -78,6 +102,9 @@ class ModelVersionInfo(BaseModel):
     providers: list[str]
     metrics: MetricsSummary | None = Field(description="the manifest's test metrics")
     sha256: str | None = Field(description="of model.onnx, from the manifest")
+    batch_policy: BatchPolicyInfo | None = Field(
+        None, description="the run size the batcher aims for, and the curve it came from"
+    )
 
 
 @dataclass
@@ -90,6 +117,7 @@ class ServedVersion:
     manifest: Manifest | None = None  # None when it could not be read (then error says why)
     backend: Backend | None = None
     batcher: Batcher | None = field(default=None, repr=False)
+    policy: BatchPolicy | None = None  # set once loaded
     error: str | None = None
 
     @property
@@ -133,6 +161,7 @@ class ServedVersion:
             providers=self.backend.providers if self.backend else [],
             metrics=_metrics_summary(m),
             sha256=m.sha256.get("model.onnx") if m else None,
+            batch_policy=BatchPolicyInfo.of(self.policy) if self.policy else None,
         )
 
 

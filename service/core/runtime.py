@@ -30,6 +30,7 @@ from service.core.batching import Arrays, Batcher, BatchLimits, BatchStats
 from service.core.calls import Batch, Caller, PoolResult, Work
 from service.core.diagnostics import ItemDiagnostics, Summary, describe, summarise
 from service.core.models import ServedVersion, scan
+from service.core.policy import BatchPolicy, measure
 from service.errors import (
     ClientGone,
     NotFound,
@@ -43,6 +44,7 @@ from service.metrics import Metrics, ModelMetrics
 from service.settings import Settings
 
 log = logging.getLogger("adapool.service")
+PROBE_TOKENS = 128  # the token length the batch policy is measured at
 
 
 class Backend(Protocol):
@@ -163,18 +165,51 @@ class Runtime:
                 log.error("model %s failed to load: %s", served.label, served.error)
                 continue
             served.backend = backend
-            self.metrics.model_info.labels(served.name, str(served.version), backend.provider).set(
-                1
+            served.policy = self._policy(served)
+            info = self.metrics.model_info.labels(
+                served.name, str(served.version), backend.provider
             )
-            log.info("loaded %s on %s", served.label, backend.provider)
+            info.set(1)
+            log.info(
+                "loaded %s on %s; batch policy: %s, %s padded tokens per run",
+                served.label,
+                backend.provider,
+                served.policy.source,
+                served.policy.preferred_tokens or "up to the caps",
+            )
+
+    def _policy(self, served: ServedVersion) -> BatchPolicy:
+        """The version's run size: pinned by settings, else by its manifest, else measured."""
+        s = self.settings
+        assert served.backend is not None and served.manifest is not None
+        if s.preferred_batch_tokens is not None:
+            return BatchPolicy("settings", s.preferred_batch_tokens)
+        if served.manifest.preferred_batch_tokens is not None:
+            return BatchPolicy("manifest", served.manifest.preferred_batch_tokens)
+        if s.batch_policy == "off":
+            return BatchPolicy("off", None)
+        return measure(
+            served.backend.run,
+            served.manifest.input_dim,
+            s.max_batch_size,
+            s.max_batch_tokens,
+            min(PROBE_TOKENS, s.max_tokens_per_item),
+            s.batch_probe_seconds,
+        )
 
     def _batcher(self, served: ServedVersion) -> Batcher:
         assert served.backend is not None and served.manifest is not None
         s, m = self.settings, self.metrics.model(served.name)
         rule = served.manifest.signal_rule
+        preferred = served.policy.preferred_tokens if served.policy else None
         limits = BatchLimits(
-            s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000.0, s.max_queue_requests
+            s.max_batch_size,
+            s.max_batch_tokens,
+            s.max_wait_ms / 1000.0,
+            s.max_queue_requests,
+            preferred,
         )
+        m.preferred_tokens.set(preferred or 0)
 
         def on_batch(stats: BatchStats, seconds: float) -> None:
             m.batch_size.observe(stats.items)

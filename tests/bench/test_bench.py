@@ -36,13 +36,17 @@ def test_parse_csv_without_rows_is_an_error() -> None:
 
 def test_targets_are_ratios_of_measured_figures() -> None:
     cell = {"items_per_second": 100.0}
+    raw = {
+        "8": {"batch": 8.0, "items_per_second": 200.0},
+        "64": {"batch": 64.0, "items_per_second": 150.0},
+    }
     results = {
-        "raw_onnxruntime": {"knn-wide384": {"8": {"items_per_second": 200.0}}},
+        "raw_onnxruntime": {"knn-wide384": raw},
         "serve": {
             "knn-wide384": {
                 "npy": {
                     "1": {"items_per_second": 90.0, "p50_ms": 1.0},
-                    "32": {"items_per_second": 150.0, "p50_ms": 2.0},
+                    "32": {"items_per_second": 170.0, "p50_ms": 2.0, "mean_batch_items": 8.0},
                 },
                 "json": {
                     "1": {"items_per_second": 10.0, "p50_ms": 9.0},
@@ -51,11 +55,18 @@ def test_targets_are_ratios_of_measured_figures() -> None:
             }
         },
         "batching": {"m": {"batched": {"items_per_second": 300.0}, "unbatched": cell}},
+        "policy": {
+            "knn-wide384": {
+                "measured": {"items_per_second": 170.0, "mean_batch_items": 8.0},
+                "off": {"items_per_second": 140.0, "mean_batch_items": 62.0},
+            }
+        },
     }
     got = [(round(t["ratio"], 2), t["met"]) for t in targets(results)]
-    # npy vs raw ORT at c=32; npy vs JSON at c=1 and c=32; batched vs unbatched
-    assert got == [(0.75, True), (9.0, False), (7.5, False), (3.0, True)]
-    assert "200 items/s" in targets(results)[0]["context"]
+    # npy vs raw ORT's best batch at c=32; policy on vs off; npy vs JSON at c=1 and c=32;
+    # batched vs unbatched
+    assert got == [(0.85, True), (1.21, True), (9.0, False), (8.5, False), (3.0, True)]
+    assert "200 items/s at batch 8" in targets(results)[0]["context"]
 
 
 @needs_hey

@@ -35,7 +35,15 @@ from tests.reliability.common import REPOSITORY, assert_error, serves, tool, val
 
 pytestmark = pytest.mark.anyio
 KEY = "s3cret-Key_0123456789"
-HEALTH_AND_METRICS = {"/health/live", "/health/ready", "/metrics"}
+HEALTH_AND_METRICS = {
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/knn-avg/ready",
+    "/v2/models/knn-avg/versions/1/ready",
+}
 # FastAPI's documentation routes stay open: they describe the API, they serve no data.
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 WRONG: list[dict[str, Any]] = [
@@ -73,7 +81,7 @@ def every_route(app: Any) -> list[tuple[str, str]]:
     """(method, concrete path) of every route the app has, documentation routes included."""
     out = []
     for route in app.routes:
-        path = route.path.replace("{name}", "knn-avg")
+        path = route.path.replace("{name}", "knn-avg").replace("{version}", "1")
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
             if method != "HEAD":
                 out.append((method, path))
@@ -84,8 +92,16 @@ async def call(
     c: httpx.AsyncClient, app: Any, method: str, path: str, headers: dict[str, Any]
 ) -> httpx.Response:
     """One request; a POST carries a valid body for the model its route names."""
-    model = "knn-avg" if path.startswith("/models/") else app.state.runtime.settings.default_model
-    body = valid_body(model) if method == "POST" else None
+    named = path.startswith(("/models/", "/v2/models/"))
+    model = "knn-avg" if named else app.state.runtime.settings.default_model
+    body: dict[str, Any] | None = valid_body(model) if method == "POST" else None
+    if body is not None and path.startswith("/v2/"):  # the same tokens as a v2 tensor
+        x = body["embeddings"]
+        shape = [len(x), len(x[0]), len(x[0][0])]
+        flat = [v for item in x for token in item for v in token]
+        body = {
+            "inputs": [{"name": "embeddings", "shape": shape, "datatype": "FP32", "data": flat}]
+        }
     return await c.request(method, path, json=body, headers=headers)
 
 
@@ -106,15 +122,19 @@ async def test_every_route_but_the_open_ones_needs_the_key(open_health: bool) ->
                 continue
             for headers in WRONG:
                 r = await call(c, app, method, path, headers)
-                assert_error(r, 401, "unauthorized")
+                if path.startswith("/v2"):  # the v2 protocol's own body
+                    assert r.status_code == 401 and "API key" in r.json()["error"], r.text
+                else:
+                    assert_error(r, 401, "unauthorized")
                 assert r.headers["www-authenticate"] == "Bearer"
             ok = await call(c, app, method, path, {"Authorization": f"Bearer {KEY}"})
             assert ok.status_code == 200, (path, ok.text)
         # the document says the same: bearer on exactly the protected operations
         schema = app.openapi()
         for path, operations in schema["paths"].items():
+            concrete = path.replace("{name}", "knn-avg").replace("{version}", "1")
             for operation in operations.values():
-                assert ("security" in operation) == (path not in open_paths), path
+                assert ("security" in operation) == (concrete not in open_paths), path
         metrics = (await c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).text
     protected = len([r for r in routes if r[1] not in open_paths])
     line = 'adapool_rejected_requests_total{model="",reason="unauthorized"} '

@@ -125,7 +125,9 @@ def test_sigterm_with_drain_turns_readiness_503_first_and_loses_nothing() -> Non
 
 def test_sigterm_lets_in_flight_requests_finish() -> None:
     """Requests wait 1.5 s in the queue for their batch (max_wait_ms): SIGTERM at 0.5 s."""
-    flags = ["--max-wait-ms", "1500", "--shutdown-timeout-seconds", "5"]
+    # --batch-policy off: the requests must wait out their batch (a preferred run size would
+    # close the batch as soon as it is complete)
+    flags = ["--max-wait-ms", "1500", "--shutdown-timeout-seconds", "5", "--batch-policy", "off"]
     with process.running_server(REPOSITORY, flags) as (url, server):
 
         async def scenario() -> tuple[list[Any], Any, float, float]:
@@ -157,7 +159,7 @@ def test_sigterm_lets_in_flight_requests_finish() -> None:
 
 def test_requests_still_queued_after_the_grace_period_get_503() -> None:
     """A 20 s batch wait against a 1 s grace period: the queued requests are answered 503."""
-    flags = ["--max-wait-ms", "20000", "--shutdown-timeout-seconds", "1"]
+    flags = ["--max-wait-ms", "20000", "--shutdown-timeout-seconds", "1", "--batch-policy", "off"]
     with process.running_server(REPOSITORY, flags) as (url, server):
 
         async def scenario() -> tuple[list[httpx.Response], float]:

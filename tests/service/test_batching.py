@@ -202,8 +202,15 @@ async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -
     async def gone() -> bool:
         return True
 
-    queued = [asyncio.create_task(batcher.submit(x, mask, gone)) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    # Two clients that leave: dropped when their batch is prepared, before any model run.
+    dropped = [asyncio.create_task(batcher.submit(x, mask, gone)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert all(isinstance(d.exception(), ClientGone) for d in dropped)
+    # The next batch is prepared while the model runs; two more wait in the queue: full.
+    queued = []
+    for _ in range(3):
+        queued.append(asyncio.create_task(batcher.submit(x, mask)))
+        await asyncio.sleep(0.02)
     with pytest.raises(Overloaded, match="queue is full") as refused:
         batcher.admit()  # the check before a body is read: the same refusal as submit's
     assert refused.value.headers == {"Retry-After": "7"}
@@ -212,16 +219,42 @@ async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -
     assert batcher.depth == 2 and depths[-1] == 2  # the batcher reports its own depth
     gate.set()
     await running
-    results = await asyncio.gather(*queued, return_exceptions=True)
+    results = await asyncio.gather(*queued)
     await batcher.close()
-    assert ran == [1]  # the two disconnected clients never reached the model
-    assert all(isinstance(r, ClientGone) for r in results)
+    assert ran == [1, 1, 1, 1]  # the disconnected clients never reached the model
+    assert all(r.arrays["pooled"].shape == (1, 2) for r in results)
     assert depths[0] == 0 and depths[-1] == 0
 
 
+async def test_the_next_batch_is_prepared_while_the_model_runs() -> None:
+    """Runs follow each other without the model waiting for the event loop: the batch after
+    a running one is chosen (complete) and merged meanwhile, and starts as soon as it ends."""
+    gate, starts = threading.Event(), []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
+        starts.append(x.shape[0])
+        gate.wait(5)
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(2, 10_000, 0.0, 100))
+    batcher.start()
+    x, mask = np.ones((1, 3, 2), dtype=np.float32), np.ones((1, 3), dtype=bool)
+    first = asyncio.create_task(batcher.submit(x, mask))
+    await asyncio.sleep(0.05)
+    later = []
+    for _ in range(5):
+        later.append(asyncio.create_task(batcher.submit(x, mask)))
+        await asyncio.sleep(0.02)
+    assert batcher.depth == 3  # two of the five are the prepared next batch
+    gate.set()
+    await asyncio.gather(first, *later)
+    await batcher.close()
+    assert starts == [1, 2, 2, 1]  # complete batches of 2 while busy; the rest when free
+
+
 async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
-    """The end of a graceful shutdown: queued requests get NotReady, the running one its
-    result, and nothing is accepted afterwards."""
+    """The end of a graceful shutdown: queued requests get NotReady, the running one (and the
+    one prepared to run next) their results, and nothing is accepted afterwards."""
     gate = threading.Event()
 
     def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
@@ -233,13 +266,16 @@ async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
     x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
     running = asyncio.create_task(batcher.submit(x, mask))
     await asyncio.sleep(0.05)  # running now, blocked on the gate
-    queued = [asyncio.create_task(batcher.submit(x, mask)) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    assert batcher.refuse_all(NotReady("the server is shutting down")) == 3
+    queued = []
+    for _ in range(3):
+        queued.append(asyncio.create_task(batcher.submit(x, mask)))
+        await asyncio.sleep(0.02)
+    assert batcher.refuse_all(NotReady("the server is shutting down")) == 2
     with pytest.raises(NotReady):
         await batcher.submit(x, mask)
     gate.set()
     assert (await running).arrays["pooled"].shape == (1, 2)
     results = await asyncio.gather(*queued, return_exceptions=True)
     await batcher.close()
-    assert all(isinstance(r, NotReady) for r in results)
+    assert isinstance(results[0], Outputs)  # prepared next: it ran
+    assert all(isinstance(r, NotReady) for r in results[1:])

@@ -172,8 +172,11 @@ async def test_a_full_queue_refuses_before_the_body_is_read(repository: Path) ->
     try:
         running = asyncio.create_task(core.pool("knn-avg", None, Caller(tokens(1, 2))))
         await asyncio.sleep(0.05)  # the first run is blocked on the gate
-        queued = asyncio.create_task(core.pool("knn-avg", None, Caller(tokens(1, 2))))
-        await asyncio.sleep(0.05)
+        # the next run is prepared while the first one runs; the one after it queues
+        queued = []
+        for _ in range(2):
+            queued.append(asyncio.create_task(core.pool("knn-avg", None, Caller(tokens(1, 2)))))
+            await asyncio.sleep(0.05)
         refused = Caller(tokens(1, 2))
         with pytest.raises(Overloaded) as caught:
             await core.pool("knn-avg", None, refused)
@@ -181,7 +184,7 @@ async def test_a_full_queue_refuses_before_the_body_is_read(repository: Path) ->
         depth = registry.get_sample_value("adapool_queue_depth", {"model": "knn-avg"})
         assert depth == 1  # set by the batcher itself
         FakeBackend.gate.set()
-        await asyncio.gather(running, queued)
+        await asyncio.gather(running, *queued)
         assert rejected(registry, "knn-avg", "queue_full") == 1
     finally:
         FakeBackend.gate.set()

@@ -1,0 +1,133 @@
+"""The measured batch policy: the choice from a curve, the measurement with a fake model and an
+injected clock, runs split at the preferred size, and the pins (settings, manifest, off)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from asgi_lifespan import LifespanManager
+
+from service.app import create_app
+from service.core.batching import Batcher, BatchLimits
+from service.core.policy import choose, measure
+from service.settings import Settings
+from tests.service.server import REPOSITORY
+from tests.service.test_batching import fake_model, job
+
+
+def test_a_falling_curve_prefers_its_smallest_batch_near_the_best() -> None:
+    wide = [(1, 900.0), (2, 1500.0), (4, 2300.0), (8, 2790.0), (16, 2700.0), (64, 1962.0)]
+    assert choose(wide) == 8  # 2,700 is within 5% of 2,790, but 8 is smaller
+    assert choose(wide, tolerance=0.01) == 8
+    assert choose([(1, 10.0), (8, 100.0), (64, 97.0)]) is None  # flat within 5%: the caps
+    assert choose([(1, 10.0), (8, 50.0), (64, 100.0)]) is None  # still rising: the caps
+
+
+def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
+    """A fake model whose run costs 1 ms + 0.1 ms per item up to 8 items and 0.5 ms per item
+    beyond (the caches), with one slow outlier: the policy prefers 8 items of 32 tokens."""
+    now = [0.0]
+    calls: list[int] = []
+
+    def clock() -> float:
+        return now[0]
+
+    def run(x: np.ndarray, mask: np.ndarray) -> None:
+        b = len(x)
+        calls.append(b)
+        cost = 0.001 + 0.0001 * min(b, 8) + 0.0005 * max(0, b - 8)
+        if len(calls) == 20:
+            cost *= 50  # another process took the core once: the fastest run ignores it
+        now[0] += cost
+
+    policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.05, clock=clock)
+    assert [b for b, _ in policy.curve] == [1, 2, 4, 8, 16, 32, 64]
+    assert policy.preferred_tokens == 8 * 32 and policy.preferred_items == 8
+    assert policy.curve[3][1] == pytest.approx(8 / 0.0018)
+    assert calls.count(64) >= 4  # a warm-up run, then 3 per round, at least one round
+
+
+def test_a_deep_queue_runs_in_batches_of_the_preferred_size() -> None:
+    limits = BatchLimits(64, 32_768, 0.0, 256, preferred_tokens=8 * 128)
+    pending = [job(1, 128, 0.0) for _ in range(20)]
+    from service.core.batching import select_batch
+
+    sizes = []
+    while pending:
+        batch = select_batch(pending, 0.0, limits)
+        assert batch is not None
+        sizes.append(len(batch))
+        pending = [j for j in pending if j not in batch]
+    assert sizes == [8, 8, 4]
+    big = job(12, 128, 0.0)  # one request above the preference still runs, alone
+    assert select_batch([big, job(1, 128, 0.0)], 0.0, limits) == [big]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_runs_follow_the_policy_under_load(anyio_backend: str) -> None:
+    runs: list[int] = []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        runs.append(len(x))
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(64, 32_768, 0.0, 256, preferred_tokens=4 * 16))
+    batcher.start()
+    x, mask = np.ones((1, 16, 3), dtype=np.float32), np.ones((1, 16), dtype=bool)
+    await asyncio.gather(*(batcher.submit(x, mask) for _ in range(40)))
+    await batcher.close()
+    assert sum(runs) == 40 and max(runs) == 4 and runs.count(4) >= 9
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pins_and_what_info_says(anyio_backend: str, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for name in ("knn-avg", "knn-max"):
+        shutil.copytree(REPOSITORY / name, repo / name)
+    manifest = repo / "knn-max" / "1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["serving"] = {"preferred_batch_tokens": 640}
+    manifest.write_text(json.dumps(data))
+
+    async def policies(**settings: object) -> dict[str, dict[str, object]]:
+        app = create_app(
+            Settings(model_repository=repo, default_model="knn-avg", **settings)  # type: ignore[arg-type]
+        )
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            info = (await c.get("/info")).json()["batch_policies"]
+            model = (await c.get("/models/knn-max")).json()["versions"][0]["batch_policy"]
+            assert model == info["knn-max/1"]
+            metrics = (await c.get("/metrics")).text
+            assert 'adapool_batch_preferred_tokens{model="knn-max"} 640.0' in metrics or (
+                "preferred_batch_tokens" in settings
+            )
+            result: dict[str, dict[str, object]] = info
+            return result
+
+    measured = await policies(batch_probe_seconds=0.05)
+    assert measured["knn-max/1"]["source"] == "manifest"
+    assert measured["knn-max/1"]["preferred_tokens"] == 640
+    avg = measured["knn-avg/1"]
+    assert avg["source"] == "measured" and avg["probe_tokens"] == 128
+    assert [p["batch"] for p in avg["curve"]] == [1, 2, 4, 8, 16, 32, 64]  # type: ignore[index, union-attr]
+    pinned = await policies(preferred_batch_tokens=256)
+    assert {p["source"] for p in pinned.values()} == {"settings"}
+    off = await policies(batch_policy="off")
+    assert off["knn-avg/1"] == {
+        "source": "off",
+        "preferred_tokens": None,
+        "preferred_items": None,
+        "probe_tokens": 0,
+        "curve": [],
+    }
