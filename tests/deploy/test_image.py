@@ -306,7 +306,11 @@ def test_sigterm_answers_queued_requests_and_stops_within_the_timeout(image: Bui
     """Requests wait 1.5 s for their batch (ADAPOOL_MAX_WAIT_MS); `stop` (SIGTERM, then SIGKILL
     after compose's 15 s stop_grace_period) 0.5 s after they were sent."""
     found = image.engine
-    env = ("ADAPOOL_MAX_WAIT_MS=1500", f"ADAPOOL_SHUTDOWN_TIMEOUT_SECONDS={SHUTDOWN_TIMEOUT}")
+    env = (
+        "ADAPOOL_MAX_WAIT_MS=1500",
+        f"ADAPOOL_SHUTDOWN_TIMEOUT_SECONDS={SHUTDOWN_TIMEOUT}",
+        "ADAPOOL_BATCH_POLICY=off",  # a preferred run size would close the batch once complete
+    )
     with serving(image, *env) as s:
 
         async def scenario() -> tuple[list[Any], float, float]:
