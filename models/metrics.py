@@ -2,25 +2,28 @@
 
 NumPy only, so the same functions score weights from PyTorch, ONNX Runtime or the service.
 
-The signal-set rule (``SIGNAL_RULE``): a real token is estimated to be signal when its head-mean
-pooling weight is at least a quarter of the row's largest. Chosen by measurement
+The project's signal-set rule (``SIGNAL_RULE``): a real token is estimated to be signal when its
+head-mean pooling weight is at least a quarter of the row's largest. Chosen by measurement
 (``python -m models.signature_study``, results/signature-cpu/): among the candidates in
-``SIGNAL_RULES``, on the validation split of the service's default model, it met every
+``NAMED_RULES``, on the validation split of the service's default model, it met every
 requirement and had the highest mean F1 over the SNR bands 1/128..1. The old rule, weight > 1/n,
 split near-uniform weights in half at high SNR (F1 0.82 at SNR 1 against 0.99) and found
 nothing in uniform weights; a rule relative to the largest weight reads uniform weights as "all
-tokens" (SNR 1) and a sharp pool as its few tokens.
+tokens" (SNR 1) and a sharp pool as its few tokens. A model trained on data with signal masks
+chooses its own rule from ``RULE_CANDIDATES`` on its validation split (:func:`choose_rule`,
+:mod:`models.weight_metrics`); without masks it keeps the project's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-SIGNAL_RULE_NAME = "quarter-max"  # the project's rule, one of SIGNAL_RULES (defined below)
+SIGNAL_RULE_NAME = "quarter-max"  # the project's rule, one of NAMED_RULES (defined below)
 
 FloatArray = NDArray[np.floating]
 BoolArray = NDArray[np.bool_]
@@ -29,6 +32,25 @@ BoolArray = NDArray[np.bool_]
 def signal_loss(pred: FloatArray, target: FloatArray) -> float:
     """Mean squared error over samples and features: pred, target (S, D)."""
     return float(np.mean((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2))
+
+
+def auc(scores: FloatArray, positive: BoolArray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2.
+
+    scores, positive: (M,). NaN when either class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Average ranks (1-based), ties sharing the mean of their ranks (Mann-Whitney U).
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    mean_rank = ends - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def head_mean(weights: FloatArray) -> NDArray[np.float64]:
@@ -60,43 +82,108 @@ def _mass(w: NDArray[np.float64], mask: BoolArray, mass: float) -> BoolArray:
     return keep & mask
 
 
-# Candidate signal-set rules: name -> (definition, rule(head-mean weights (S, N), mask) -> set).
-Rule = Callable[[NDArray[np.float64], BoolArray], BoolArray]
-SIGNAL_RULES: dict[str, tuple[str, Rule]] = {
-    "uniform": ("head-mean weight > 1/n_real", lambda w, m: _uniform_share(w, m, 1.0)),
-    "half-uniform": ("head-mean weight > 1/(2 n_real)", lambda w, m: _uniform_share(w, m, 0.5)),
-    "half-max": ("head-mean weight >= max weight / 2", lambda w, m: _share_of_max(w, m, 0.5)),
-    "quarter-max": ("head-mean weight >= max weight / 4", lambda w, m: _share_of_max(w, m, 0.25)),
-    "tenth-max": ("head-mean weight >= max weight / 10", lambda w, m: _share_of_max(w, m, 0.1)),
-    "mass-90": (
-        "the fewest largest head-mean weights holding 90% of the weight",
-        lambda w, m: _mass(w, m, 0.9),
-    ),
-    "mass-95": (
-        "the fewest largest head-mean weights holding 95% of the weight",
-        lambda w, m: _mass(w, m, 0.95),
-    ),
+RuleKind = Literal["share_of_max", "uniform_share", "mass"]
+_RULE_KINDS: dict[str, Callable[[NDArray[np.float64], BoolArray, float], BoolArray]] = {
+    "share_of_max": _share_of_max,
+    "uniform_share": _uniform_share,
+    "mass": _mass,
 }
 
 
-SIGNAL_RULE = SIGNAL_RULES[SIGNAL_RULE_NAME][0]
+def _fraction(value: float) -> int | None:
+    """n when value == 1/n for a whole n, else None."""
+    n = round(1.0 / value)
+    return n if abs(n * value - 1.0) < 1e-9 else None
+
+
+@dataclass(frozen=True)
+class SignalRule:
+    """A signal-set rule: which real tokens of a row its head-mean weights call signal.
+
+    Attributes:
+        kind: ``share_of_max`` (weight >= value x the row's largest), ``uniform_share``
+            (weight > value / n_real) or ``mass`` (the fewest largest weights holding ``value``
+            of the row's weight).
+        value: the kind's parameter, > 0 (and <= 1 for ``share_of_max`` and ``mass``).
+    """
+
+    kind: RuleKind
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in _RULE_KINDS:
+            raise ValueError(f"signal rule kind must be one of {tuple(_RULE_KINDS)}")
+        if not (self.value > 0 and (self.kind == "uniform_share" or self.value <= 1)):
+            raise ValueError(f"signal rule {self.kind}: value {self.value} out of range")
+
+    @property
+    def definition(self) -> str:
+        """The rule in words (the form manifests and the service have always shown)."""
+        n = _fraction(self.value)
+        if self.kind == "share_of_max":
+            share = f"max weight / {n}" if n else f"{self.value:g} x max weight"
+            return f"head-mean weight >= {share}"
+        if self.kind == "uniform_share":
+            if n == 1:
+                return "head-mean weight > 1/n_real"
+            return (
+                f"head-mean weight > 1/({n} n_real)"
+                if n
+                else f"head-mean weight > {self.value:g}/n_real"
+            )
+        return f"the fewest largest head-mean weights holding {self.value * 100:g}% of the weight"
+
+    def apply(self, weights: NDArray[np.float64], attention_mask: BoolArray) -> BoolArray:
+        """(S, N) head-mean weights and mask -> (S, N) bool, True on estimated signal tokens."""
+        return _RULE_KINDS[self.kind](weights, attention_mask, self.value)
+
+    def as_dict(self) -> dict[str, str | float]:
+        return {"kind": self.kind, "value": self.value, "definition": self.definition}
+
+
+# The candidates the Signature study scored, by name.
+NAMED_RULES: dict[str, SignalRule] = {
+    "uniform": SignalRule("uniform_share", 1.0),
+    "half-uniform": SignalRule("uniform_share", 0.5),
+    "half-max": SignalRule("share_of_max", 0.5),
+    "quarter-max": SignalRule("share_of_max", 0.25),
+    "tenth-max": SignalRule("share_of_max", 0.1),
+    "mass-90": SignalRule("mass", 0.9),
+    "mass-95": SignalRule("mass", 0.95),
+}
+PROJECT_RULE = NAMED_RULES[SIGNAL_RULE_NAME]
+SIGNAL_RULE = PROJECT_RULE.definition
+
+# What a model's own rule is chosen from on its validation split (``choose_rule``): the named
+# rules, then thresholds on the ranking at finer steps. The project's rule comes first, so it
+# wins ties.
+RULE_CANDIDATES: tuple[SignalRule, ...] = tuple(
+    dict.fromkeys(
+        [
+            PROJECT_RULE,
+            *NAMED_RULES.values(),
+            *(SignalRule("share_of_max", v) for v in (0.05, 0.15, 0.2, 0.3, 0.4, 0.6, 0.75, 0.9)),
+            *(SignalRule("uniform_share", v) for v in (0.25, 0.75, 1.5, 2.0, 3.0)),
+            *(SignalRule("mass", v) for v in (0.5, 0.7, 0.8, 0.99)),
+        ]
+    )
+)
 
 
 def estimate_signal_set(
-    weights: FloatArray, attention_mask: BoolArray, rule: str = SIGNAL_RULE_NAME
+    weights: FloatArray, attention_mask: BoolArray, rule: SignalRule = PROJECT_RULE
 ) -> BoolArray:
     """Apply a signal-set rule (by default the project's, ``SIGNAL_RULE``).
 
     Args:
         weights: (S, H, N) or (S, N) pooling weights.
         attention_mask: (S, N) bool, True = real token.
-        rule: a name from :data:`SIGNAL_RULES`.
+        rule: the rule.
 
     Returns:
         (S, N) bool, True on the real tokens the rule estimates to be signal.
     """
-    estimated: BoolArray = SIGNAL_RULES[rule][1](head_mean(weights), np.asarray(attention_mask))
-    return estimated
+    return rule.apply(head_mean(weights), np.asarray(attention_mask))
 
 
 def _f1(estimated: BoolArray, truth: BoolArray) -> tuple[NDArray[np.float64], ...]:
@@ -117,7 +204,7 @@ class WeightQuality:
 
     Attributes:
         signal_mass: weight (head mean) on the true signal tokens; chance = k / n.
-        precision, recall, f1: of the set estimated by ``SIGNAL_RULE`` against the true signal set.
+        precision, recall, f1: of the set estimated by the rule against the true signal set.
         *_chance: the same figure for uniform weights (mass) or for the all-tokens estimate
             (precision k/n, recall 1, F1 2k/(k+n)), the baseline a useful diagnostic must beat.
         estimated_size: mean size of the estimated set; true_size: mean number of signal tokens.
@@ -132,7 +219,7 @@ class WeightQuality:
     f1_chance: float
     estimated_size: float
     true_size: float
-    rule: str = SIGNAL_RULE
+    rule: str = SIGNAL_RULE  # the rule's definition
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
@@ -142,7 +229,7 @@ def weight_quality(
     weights: FloatArray,
     attention_mask: BoolArray,
     signal_mask: BoolArray,
-    rule: str = SIGNAL_RULE_NAME,
+    rule: SignalRule = PROJECT_RULE,
 ) -> WeightQuality:
     """Score pooling weights against the ground-truth signal tokens.
 
@@ -170,7 +257,7 @@ def weight_quality(
         f1_chance=float(f1_all.mean()),
         estimated_size=float(estimated.sum(axis=1).mean()),
         true_size=float(n_signal.mean()),
-        rule=SIGNAL_RULES[rule][0],
+        rule=rule.definition,
     )
 
 
