@@ -26,7 +26,7 @@ from typing import Any
 
 import onnx
 
-from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, export_onnx, output_names
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -38,7 +38,7 @@ from export.repository import (
     triton_config,
     version_dir,
 )
-from export.verify import cpu_session, parity
+from export.verify import cpu_session, output_bias, parity
 from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model, write_json
 from models.metrics import SIGNAL_RULE
 from models.model import PoolingModel
@@ -56,6 +56,36 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def output_specs(model: PoolingModel) -> list[dict[str, Any]]:
+    """Name, dtype and shape of every graph output (``export.onnx_export.output_names``)."""
+    config = model.config
+    k = config.num_outputs
+    shapes: dict[str, list[str | int]] = {key: ["batch", k] for key in HEAD_OUTPUTS.values()}
+    shapes["pooled"] = ["batch", config.out_dim]
+    shapes["weights"] = ["batch", config.pooling_heads, "tokens"]
+    shapes["contributions"] = ["batch", "tokens", k]
+    return [
+        {"name": name, "dtype": "float32", "shape": shapes[name]} for name in output_names(model)
+    ]
+
+
+def task_spec(model: PoolingModel, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """What the model predicts: ``pool`` (the pooled vector), or its head's task and classes."""
+    head = model.config.head
+    if head.task == "none":
+        return {"kind": "pool", "classes": None, "num_targets": None}
+    if head.task == "classification":
+        classes = (metrics or {}).get("classes")
+        return {"kind": "classification", "classes": classes, "num_targets": None}
+    return {"kind": "regression", "classes": None, "num_targets": head.outputs}
+
+
+def signal_rule_of(metrics: dict[str, Any] | None) -> str:
+    """The model's own signal-set rule (chosen on its validation split), else the project's."""
+    rule = (metrics or {}).get("signal_rule")
+    return str(rule["definition"]) if isinstance(rule, dict) else SIGNAL_RULE
+
+
 def build_manifest(
     name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
 ) -> dict[str, Any]:
@@ -63,9 +93,11 @@ def build_manifest(
     config = model.config
     pooling = config.pooling
     metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     graph = onnx.load(str(out / MODEL_FILE))
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     training = json.loads((run_dir / CONFIG_FILE).read_text())
+    bias = output_bias(model)
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
@@ -77,7 +109,9 @@ def build_manifest(
             "query_index": pooling.query_index if pooling.method == "adapool" else None,
             "query_indices": list(pooling.query_indices),
             "residual": pooling.use_residual if pooling.method == "adapool" else None,
+            "values": pooling.values if pooling.method == "adapool" else None,
         },
+        "task": task_spec(model, metrics),
         "input_dim": config.input_dim,
         "output_dim": config.out_dim,
         "heads": config.pooling_heads,
@@ -91,14 +125,7 @@ def build_manifest(
             },
             {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", "tokens"]},
         ],
-        "outputs": [
-            {"name": OUTPUT_NAMES[0], "dtype": "float32", "shape": ["batch", config.out_dim]},
-            {
-                "name": OUTPUT_NAMES[1],
-                "dtype": "float32",
-                "shape": ["batch", config.pooling_heads, "tokens"],
-            },
-        ],
+        "outputs": output_specs(model),
         "min_real_tokens_note": "rows need >= 1 real token; a token query needs its token real",
         "precision": "fp32",
         "opset": opset,
@@ -108,11 +135,11 @@ def build_manifest(
             for p in sorted((out / CHECKPOINT_DIR).iterdir())
         },
         "training": training,
-        "metrics": json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
-        "signal_rule": SIGNAL_RULE,
+        "metrics": metrics,
+        "signal_rule": signal_rule_of(metrics),
         "packages": package_versions(),
         "command": command,
-    }
+    } | ({"contribution_bias": [float(b) for b in bias]} if bias is not None else {})
 
 
 def export_run(
@@ -146,6 +173,14 @@ def export_run(
                     "max_abs_diff_pooled": r.max_abs_diff_pooled,
                     "max_abs_diff_weights": r.max_abs_diff_weights,
                 }
+                | (
+                    {
+                        "max_abs_diff_head": r.max_abs_diff_head,
+                        "contribution_sum_error": r.contribution_sum_error,
+                    }
+                    if r.max_abs_diff_head
+                    else {}
+                )
                 for r in results
             ],
             "parity_ok": all(r.ok() for r in results),
@@ -181,7 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     e = manifest["export"]
-    worst = max(max(p["max_abs_diff_pooled"], p["max_abs_diff_weights"]) for p in e["parity"])
+    worst = max(
+        max(
+            p["max_abs_diff_pooled"],
+            p["max_abs_diff_weights"],
+            *p.get("max_abs_diff_head", {}).values(),
+        )
+        for p in e["parity"]
+    )
     print(
         f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
         f"{manifest['opset']}, export {e['seconds']:.1f}s, onnxruntime session start "

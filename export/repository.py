@@ -97,25 +97,32 @@ def find_versions(path: Path) -> list[ModelVersion]:
     return sorted(found, key=lambda v: (v.name, v.version))
 
 
+TRITON_TYPES = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
+
+
+def _triton_tensors(tensors: list[dict[str, Any]]) -> str:
+    """Manifest tensor specs as Triton entries: the batch axis dropped, named axes as -1."""
+    entries = []
+    for t in tensors:
+        dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in t["shape"][1:])
+        entries.append(
+            f'  {{ name: "{t["name"]}" data_type: {TRITON_TYPES[t["dtype"]]} dims: [ {dims} ] }}'
+        )
+    return ",\n".join(entries)
+
+
 def triton_config(name: str, manifest: dict[str, Any], max_batch_size: int = 64) -> str:
-    """Triton's config.pbtxt for the ONNX Runtime backend.
+    """Triton's config.pbtxt for the ONNX Runtime backend, every manifest input and output.
 
     The batch axis is Triton's (``max_batch_size`` > 0 lets its dynamic batcher join requests
     of equal token count); tokens stay a variable dim (-1).
     """
-    d_in, d_out, heads = manifest["input_dim"], manifest["output_dim"], manifest["heads"]
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {max_batch_size}\n"
-        "input [\n"
-        f'  {{ name: "embeddings" data_type: TYPE_FP32 dims: [ -1, {d_in} ] }},\n'
-        '  { name: "attention_mask" data_type: TYPE_BOOL dims: [ -1 ] }\n'
-        "]\n"
-        "output [\n"
-        f'  {{ name: "pooled" data_type: TYPE_FP32 dims: [ {d_out} ] }},\n'
-        f'  {{ name: "weights" data_type: TYPE_FP32 dims: [ {heads}, -1 ] }}\n'
-        "]\n"
+        f"input [\n{_triton_tensors(manifest['inputs'])}\n]\n"
+        f"output [\n{_triton_tensors(manifest['outputs'])}\n]\n"
         "version_policy: { all { } }\n"
         "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"
     )

@@ -7,7 +7,8 @@ training time under the project's signal-set rule of that day. When the rule cha
 (``models.metrics.SIGNAL_RULE``), this recomputes them from the version's own source checkpoint
 on the same seeded test split, so that every manifest states figures under the rule the service
 applies. The model files are untouched (their sha256 stay valid); the manifest records the rule
-it replaced, when, and the command.
+it replaced, when, and the command. A model trained on data with signal masks chose its own rule
+on its validation split (``metrics.signal_rule``): it keeps it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for version in find_versions(args.repository):
         manifest = read_json(version.manifest_file)
         previous = manifest.get("signal_rule")
+        if isinstance((manifest.get("metrics") or {}).get("signal_rule"), dict):
+            print(f"{version.name}/{version.version}: its own rule ({previous}), kept")
+            continue
         if previous == SIGNAL_RULE:
             print(f"{version.name}/{version.version}: up to date")
             continue

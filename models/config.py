@@ -318,11 +318,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.data.task in FILE_TASKS:  # the file's D is checked when it is read
+        if self.data.task in FILE_TASKS:  # the file's D and outputs are checked when it is read
             require(
-                self.model.head.task == self.data.task,
+                self.model.head.task in ("none", self.data.task),
                 f"model.head.task ({self.model.head.task!r}) must be data.task "
-                f"({self.data.task!r}): training sets the head from the data",
+                f"({self.data.task!r}), or left out: training sets the head from the data",
             )
             return
         require(
@@ -392,10 +392,16 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             for k, v in value.items()
         }
     if origin is tuple:
-        (item_type, _ellipsis) = get_args(tp)
+        args = get_args(tp)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"'{path}' must be a list, got {type(value).__name__}")
-        return tuple(_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"'{path}' must be a list of {len(args)}, got {len(value)}")
+        types_ = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(
+            _coerce(t, v, f"{path}[{i}]")
+            for i, (t, v) in enumerate(zip(types_, value, strict=True))
+        )
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"'{path}' must be true or false, got {value!r}")

@@ -82,11 +82,33 @@ def _mass(w: NDArray[np.float64], mask: BoolArray, mass: float) -> BoolArray:
     return keep & mask
 
 
-RuleKind = Literal["share_of_max", "uniform_share", "mass"]
+def _largest_gap(w: NDArray[np.float64], mask: BoolArray, ratio: float) -> BoolArray:
+    """The tokens above the largest drop between consecutive sorted weights, when that drop is
+    at least a factor ``ratio``; all real tokens when no drop is (near-uniform weights)."""
+    tiny = np.finfo(np.float64).tiny
+    log_w = np.log(np.maximum(w, tiny))
+    # Padding sorts last and repeats the row's smallest real weight: it adds no drop.
+    floor = np.where(mask, log_w, np.inf).min(axis=1, keepdims=True)
+    log_w = np.where(mask, log_w, floor)
+    order = np.argsort(-log_w, axis=1, kind="stable")
+    ranked = np.take_along_axis(log_w, order, axis=1)
+    drops = ranked[:, :-1] - ranked[:, 1:]  # (S, N - 1), >= 0
+    n_real = mask.sum(axis=1)
+    if drops.shape[1] == 0:
+        return mask.copy()
+    cut = drops.argmax(axis=1)
+    keep_n = np.where(drops.max(axis=1) >= np.log(ratio), cut + 1, n_real)
+    keep = np.zeros_like(mask)
+    np.put_along_axis(keep, order, np.arange(mask.shape[1])[None, :] < keep_n[:, None], axis=1)
+    return keep & mask
+
+
+RuleKind = Literal["share_of_max", "uniform_share", "mass", "largest_gap"]
 _RULE_KINDS: dict[str, Callable[[NDArray[np.float64], BoolArray, float], BoolArray]] = {
     "share_of_max": _share_of_max,
     "uniform_share": _uniform_share,
     "mass": _mass,
+    "largest_gap": _largest_gap,
 }
 
 
@@ -102,9 +124,12 @@ class SignalRule:
 
     Attributes:
         kind: ``share_of_max`` (weight >= value x the row's largest), ``uniform_share``
-            (weight > value / n_real) or ``mass`` (the fewest largest weights holding ``value``
-            of the row's weight).
-        value: the kind's parameter, > 0 (and <= 1 for ``share_of_max`` and ``mass``).
+            (weight > value / n_real), ``mass`` (the fewest largest weights holding ``value``
+            of the row's weight) or ``largest_gap`` (sort the row's weights; the tokens above
+            the largest ratio between consecutive ones, if that ratio is at least ``value``,
+            else every real token).
+        value: the kind's parameter, > 0 (<= 1 for ``share_of_max`` and ``mass``, > 1 for
+            ``largest_gap``).
     """
 
     kind: RuleKind
@@ -113,7 +138,9 @@ class SignalRule:
     def __post_init__(self) -> None:
         if self.kind not in _RULE_KINDS:
             raise ValueError(f"signal rule kind must be one of {tuple(_RULE_KINDS)}")
-        if not (self.value > 0 and (self.kind == "uniform_share" or self.value <= 1)):
+        bounded = self.kind in ("share_of_max", "mass")
+        low = 1.0 if self.kind == "largest_gap" else 0.0
+        if not (self.value > low and (not bounded or self.value <= 1)):
             raise ValueError(f"signal rule {self.kind}: value {self.value} out of range")
 
     @property
@@ -130,6 +157,11 @@ class SignalRule:
                 f"head-mean weight > 1/({n} n_real)"
                 if n
                 else f"head-mean weight > {self.value:g}/n_real"
+            )
+        if self.kind == "largest_gap":
+            return (
+                "head-mean weights above the largest drop between consecutive sorted weights, "
+                f"if it is at least {self.value:g}x (else all tokens)"
             )
         return f"the fewest largest head-mean weights holding {self.value * 100:g}% of the weight"
 
@@ -165,6 +197,7 @@ RULE_CANDIDATES: tuple[SignalRule, ...] = tuple(
             *(SignalRule("share_of_max", v) for v in (0.05, 0.15, 0.2, 0.3, 0.4, 0.6, 0.75, 0.9)),
             *(SignalRule("uniform_share", v) for v in (0.25, 0.75, 1.5, 2.0, 3.0)),
             *(SignalRule("mass", v) for v in (0.5, 0.7, 0.8, 0.99)),
+            *(SignalRule("largest_gap", v) for v in (1.5, 2.0, 3.0, 5.0, 10.0)),
         ]
     )
 )

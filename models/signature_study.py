@@ -53,7 +53,8 @@ from models.metrics import (
 )
 from models.report import git_commit
 from models.sweep import Run, train_all
-from models.train import make_data, predict
+from models.tasks import make_data
+from models.train import predict
 
 F1_BANDS = (-3, -2, -1)  # SNR 1/8 .. 1/2: F1 >= 0.8
 TWICE_CHANCE_BANDS = (-5, -4, -3, -2)  # SNR 1/32 .. 1/4: F1 >= 2x the all-tokens F1
