@@ -164,7 +164,7 @@ def test_without_signal_masks_the_project_rule_is_kept(tmp_path: Path) -> None:
     [
         (["--task", "regression"], "data.task is 'regression', but .* holds labels"),
         (["--task", "classification", "--method", "avg", "--values", "inputs"], "--values applies"),
-        ([], "give --config FILE, or --data PATH and --task"),
+        ([], "give --config FILE, or --data PATH with --task"),
     ],
 )
 def test_refusals(
