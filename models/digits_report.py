@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.checkpoint import write_json
 from models.report import git_commit
+from models.weight_metrics import SNRBands
 
 if TYPE_CHECKING:
     from models.digits_study import Preset
@@ -96,14 +97,17 @@ def variant(method: str, depth: int) -> str:
 class Table:
     """Runs grouped by (track, method, depth): overall and per band figures over seeds."""
 
-    def __init__(self, rows: list[dict[str, Any]], bands: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, rows: list[dict[str, Any]], bands: list[dict[str, Any]], labels: Sequence[str]
+    ) -> None:
         self.rows: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
         self.bands: dict[tuple[str, str, int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             self.rows[(r["track"], r["method"], r["depth"])].append(r)
         for b in bands:
             self.bands[(b["track"], b["method"], b["depth"], b["band"])].append(b)
-        self.band_labels = list(dict.fromkeys(b["band"] for b in bands))
+        present = {b["band"] for b in bands}
+        self.band_labels = [label for label in labels if label in present]  # lowest SNR first
 
     def variants(self, track: str) -> list[tuple[str, int]]:
         return [(m, d) for (t, m, d) in self.rows if t == track]
@@ -177,13 +181,13 @@ def regression_section(table: Table, track: str) -> list[str]:
         "Test MSE of the predicted centroid (64 pixels in [0, 1]); the baseline row predicts "
         "the mean of all the bag's images (AvgPool's optimum).",
         "",
-        *_header(["variant", "MSE", *labels, "R2", "instance AUC"]),
+        *_header(["variant", "MSE", *labels, "instance AUC"]),
         "| mean of the bag | "
         + " | ".join(
             [_cell(table.overall(track, *first, "mse_mean_of_tokens"), 4)]
             + [_cell(table.band(track, *first, b, "mse_mean_of_tokens"), 4) for b in labels]
         )
-        + " | | |",
+        + " | |",
     ]
     for method, depth in table.variants(track):
         out.append(
@@ -191,7 +195,6 @@ def regression_section(table: Table, track: str) -> list[str]:
             + " | ".join(
                 [_cell(table.overall(track, method, depth, "mse"), 4)]
                 + [_cell(table.band(track, method, depth, b, "mse"), 4) for b in labels]
-                + [_cell(table.overall(track, method, depth, "r2"))]
                 + [_cell(table.overall(track, method, depth, "instance_auc"))]
             )
             + " |"
@@ -341,7 +344,7 @@ def write_results(
 ) -> None:
     results.mkdir(parents=True, exist_ok=True)
     rows, bands = load(runs)
-    table = Table(rows, bands)
+    table = Table(rows, bands, SNRBands(preset.snr_band_edges).labels)
     tracks = preset.tracks
     classification = [n for n, t in tracks.items() if t.task == "classification"]
     regression = [n for n, t in tracks.items() if t.task == "regression"]

@@ -2,8 +2,9 @@
 
 NumPy only. Classification: accuracy (beside the majority class's), macro-F1, cross-entropy,
 and for two classes the AUC of the positive class's probability. Regression: MSE (beside
-predicting the training mean), and R2 (1 - MSE / variance of the test targets, averaged over
-targets).
+predicting the training mean), R2 (1 - MSE / variance of the test targets, per target, averaged
+over targets as scikit-learn's default) and the variance-weighted R2 (1 - total MSE / total
+variance: targets of tiny variance, such as border pixels, cannot dominate it).
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def regression_metrics(
     mse_per_target = ((pred - y) ** 2).mean(axis=0)
     variance = y.var(axis=0)
     r2 = np.where(variance > 0, 1.0 - mse_per_target / np.where(variance > 0, variance, 1.0), 0.0)
+    total = float(variance.sum())
     return {
         "mse": float(mse_per_target.mean()),
         "mse_predict_train_mean": float(((np.asarray(train_mean) - y) ** 2).mean()),
         "r2": float(r2.mean()),
+        "r2_variance_weighted": 1.0 - float(mse_per_target.sum()) / total if total > 0 else 0.0,
     }

@@ -34,6 +34,10 @@ def test_regression_metrics() -> None:
     m = regression_metrics(np.array([[0.0], [2.0]]), y, train_mean=np.array([1.0]))
     assert (m["mse"], m["r2"], m["mse_predict_train_mean"]) == (0.0, 1.0, 1.0)
     assert regression_metrics(np.ones((2, 1)), y, np.array([1.0]))["r2"] == 0.0
+    # Two targets, one nearly constant: the mean R2 drops, the variance-weighted one barely.
+    y2 = np.array([[0.0, 0.0], [2.0, 0.01]])
+    m2 = regression_metrics(np.array([[0.0, 0.005], [2.0, 0.005]]), y2, np.array([1.0, 0.0]))
+    assert m2["r2"] == pytest.approx(0.5) and m2["r2_variance_weighted"] > 0.99
 
 
 def test_snr_bands() -> None:
