@@ -15,10 +15,12 @@ from service.settings import Settings
 REPOSITORY = Path(__file__).parents[2] / "model_repository"
 KNN = ["knn-adapool-ego", "knn-adapool-mean", "knn-avg", "knn-cls", "knn-max"]
 SIGNATURE = "signature-adapool"
+DIGITS = "digits-bags-adapool"
 
 
 def test_default_models_are_committed() -> None:
-    assert sorted({v.name for v in find_versions(REPOSITORY)}) == sorted([*KNN, SIGNATURE])
+    names = sorted({v.name for v in find_versions(REPOSITORY)})
+    assert names == sorted([*KNN, SIGNATURE, DIGITS])
     assert Settings.model_fields["default_model"].default == SIGNATURE
 
 
@@ -54,3 +56,28 @@ def test_the_default_models_manifest_records_validated_weights() -> None:
 def test_every_manifest_states_its_metrics_under_the_services_rule(name: str) -> None:
     manifest = json.loads((REPOSITORY / name / "1" / "manifest.json").read_text())
     assert manifest["signal_rule"] == SIGNAL_RULE == manifest["metrics"]["weights"]["rule"]
+
+
+def test_the_digits_model_is_a_validated_classifier() -> None:
+    """The default classification model: a faithful AdaPool over a 1-layer encoder, trained on
+    digits bags; its manifest states its task, outputs, own rule and test figures."""
+    manifest = json.loads((REPOSITORY / DIGITS / "1" / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert manifest["task"] == {
+        "kind": "classification",
+        "classes": ["no 9", "has a 9"],
+        "num_targets": None,
+    }
+    names = [o["name"] for o in manifest["outputs"]]
+    assert names == ["pooled", "weights", "logits", "contributions"]
+    assert manifest["pooling"]["values"] == "inputs" and manifest["depth"] == 1
+    assert manifest["input_dim"] == 64 and manifest["command"].startswith("python -m export ")
+    # Its own rule, chosen on its validation split, and its test figures under that rule.
+    assert metrics["signal_rule"]["chosen_on"] == "validation"
+    assert manifest["signal_rule"] == metrics["signal_rule"]["definition"]
+    assert manifest["signal_rule"] == metrics["weights"]["rule"]
+    assert metrics["auc"] >= 0.98 and metrics["weights"]["instance_auc"] >= 0.97
+    low = metrics["bands"][0]
+    assert low["band"] == "[1/64, 1/16)" and low["auc"] >= 0.95
+    for band in metrics["bands"]:
+        assert band["weights"]["f1"] > band["weights"]["f1_chance"]
