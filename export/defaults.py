@@ -51,7 +51,7 @@ class DigitsModel:
     study: str = "configs/digits/cpu.toml"
     track: str = "bags"
     method: str = "adapool-faithful"
-    depth: int = 1
+    depth: int = 2
     seed: int = 0
     version: int = 1
 

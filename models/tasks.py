@@ -229,16 +229,16 @@ def load_data(config: RunConfig) -> tuple[RunConfig, dict[str, Split]]:
 
 
 def file_run_config(path: str | Path, task: DataTask, dim: int) -> RunConfig:
-    """The default run for a data set file with D = ``dim``: the digits-bags study's best
-    diagnostic model (README, "Bring your own embeddings"): a 1-layer encoder of width 32 with 4
-    heads over an input projection, AdaPool with the mean query and values from the inputs (its
+    """The default run for a data set file with D = ``dim``: the digits-bags study's committed
+    model (README, "Bring your own embeddings"): a 2-layer encoder of width 32 with 4 heads
+    over an input projection, AdaPool with the mean query and values from the inputs (its
     weights are exact shares of the input tokens), a linear head."""
     width = 32
     model = ModelConfig(
         input_dim=dim,
         dim=width,
         input_projection=dim != width,
-        depth=1,
+        depth=2,
         num_heads=4,
         mlp_dim=2 * width,
         dropout=0.0,

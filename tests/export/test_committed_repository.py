@@ -59,7 +59,7 @@ def test_every_manifest_states_its_metrics_under_the_services_rule(name: str) ->
 
 
 def test_the_digits_model_is_a_validated_classifier() -> None:
-    """The default classification model: a faithful AdaPool over a 1-layer encoder, trained on
+    """The default classification model: a faithful AdaPool over a 2-layer encoder, trained on
     digits bags; its manifest states its task, outputs, own rule and test figures."""
     manifest = json.loads((REPOSITORY / DIGITS / "1" / "manifest.json").read_text())
     metrics = manifest["metrics"]
@@ -70,7 +70,7 @@ def test_the_digits_model_is_a_validated_classifier() -> None:
     }
     names = [o["name"] for o in manifest["outputs"]]
     assert names == ["pooled", "weights", "logits", "contributions"]
-    assert manifest["pooling"]["values"] == "inputs" and manifest["depth"] == 1
+    assert manifest["pooling"]["values"] == "inputs" and manifest["depth"] == 2
     assert manifest["input_dim"] == 64 and manifest["command"].startswith("python -m export ")
     # Its own rule, chosen on its validation split, and its test figures under that rule.
     assert metrics["signal_rule"]["chosen_on"] == "validation"
