@@ -64,7 +64,7 @@ verify: setup  ## check every model in model_repository/ (integrity, signature, 
 lint: setup  ## ruff check, ruff format --check, mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models export service bench
+	$(BIN)/mypy modelrepo models export service bench
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -7,7 +7,7 @@ and answers the same content (pooled vectors and head-mean pooling weights per i
 its diagnostics, or not with ``diagnostics=false``); each is started here on loopback, checked
 against ONNX Runtime in process, then driven by hey in a separate process:
 
-- ours: ``python -m service`` (``service.process.running_server``), default settings;
+- ours: ``python -m service`` (``bench.process.running_server``), default settings;
 - naive: ``bench.peers.naive`` (FastAPI, pydantic lists, one model run per request);
 - LitServe: ``bench.peers.litserve_peer``, batching on (64 items per run, ``--litserve-batch-
   timeout``);
@@ -45,6 +45,7 @@ import numpy as np
 from bench import compare_render, compare_report, hey, pyspy
 from bench.bodies import SERIES, Series, body_for, check
 from bench.peers import envs, launch
+from bench.process import free_port, running_server
 from bench.procstat import TreeUsage
 from bench.serve import (
     DEFAULT_MODEL,
@@ -57,8 +58,7 @@ from bench.serve import (
     raw_onnxruntime,
     server_stats,
 )
-from service.backend import OnnxBackend
-from service.process import free_port, running_server
+from service.core.backend import OnnxBackend
 from service.settings import Settings
 
 SERVERS = ("ours", "naive", "litserve", "triton")
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in a.models:
         backend = OnnxBackend(model_file(repository, m), device="cpu")
         for i in a.items:
-            expected[(m, i)] = backend.run(batches[m][:i], np.ones((i, TOKENS), dtype=bool))
+            out = backend.run(batches[m][:i], np.ones((i, TOKENS), dtype=bool))
+            expected[(m, i)] = (out["pooled"], out["weights"])
     command = " ".join(["python -m bench.compare", *sys.argv[1:]])
     info = machine() | {"command": command}
     peers = peer_status(a)

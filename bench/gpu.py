@@ -109,7 +109,7 @@ def time_runs(run: Any, seconds: float, warmup: int = 5) -> dict[str, float]:
 def variants(ort: Any, model_file: Path, dry_run: bool = False) -> dict[str, Any]:
     """The four ways to run the model, as ``name -> (provider, run(x, mask) -> (pooled, weights))``
     (for ``raw-cuda-device``, the session: :func:`device_resident` binds it)."""
-    from service.backend import OnnxBackend  # numpy + onnxruntime only
+    from service.core.backend import OnnxBackend  # numpy + onnxruntime only
 
     cpu = OnnxBackend(model_file, device="cpu")
     cuda = OnnxBackend(model_file, device="cpu" if dry_run else "cuda")
@@ -123,9 +123,18 @@ def variants(ort: Any, model_file: Path, dry_run: bool = False) -> dict[str, Any
     def raw_run(x: np.ndarray, mask: np.ndarray) -> Any:
         return raw.run(["pooled", "weights"], {"embeddings": x, "attention_mask": mask})
 
+    def pair(backend: OnnxBackend) -> Any:
+        """The backend's named outputs as (pooled, weights), like the raw session's."""
+
+        def run(x: np.ndarray, mask: np.ndarray) -> Any:
+            out = backend.run(x, mask)
+            return out["pooled"], out["weights"]
+
+        return run
+
     return {
-        "cpu": (cpu.provider, cpu.run),
-        "service-cuda": (cuda.provider, cuda.run),
+        "cpu": (cpu.provider, pair(cpu)),
+        "service-cuda": (cuda.provider, pair(cuda)),
         "raw-cuda-run": (raw.get_providers()[0], raw_run),
         "raw-cuda-device": (raw.get_providers()[0], raw),
     }

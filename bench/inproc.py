@@ -47,6 +47,15 @@ def npy_body(items: int, tokens: int, dim: int) -> bytes:
     return buffer.getvalue()
 
 
+def input_dim(repository: Path, model: str) -> int:
+    """The model's token dim, from the newest version's manifest (read as JSON, so that any
+    checkout's repository works)."""
+    versions = sorted(
+        (p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    return int(json.loads((versions[-1] / "manifest.json").read_text())["input_dim"])
+
+
 async def post(app: Any, path: str, body: bytes, accept: str) -> int:
     """One request through the ASGI interface; returns the status."""
     scope = {
@@ -116,7 +125,11 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
     app = create_app(Settings(**given, default_model=a.model))
     path = f"/models/{a.model}/pool"
     async with app.router.lifespan_context(app):
-        dim = app.state.service.resolve(a.model, None).input_dim
+        # As python -m service's server does once the models are loaded (an app that froze
+        # them itself, as older checkouts did, is not changed by freezing again).
+        gc.collect()
+        gc.freeze()
+        dim = input_dim(a.repository, a.model)
         body = npy_body(a.items, a.tokens, dim)
         for _ in range(a.warmup):
             if (status := await post(app, path, body, a.accept)) != 200:
@@ -139,6 +152,7 @@ async def measure(a: argparse.Namespace) -> dict[str, Any]:
             profile.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         gc.callbacks.remove(collector)
+    gc.unfreeze()
     failed = sum(s != 200 for s in statuses)
     result = {
         "model": a.model,

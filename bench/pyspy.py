@@ -20,30 +20,29 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-# (stage, file part, function prefix): the first that matches a frame claims it
-RULES: tuple[tuple[str, str, str], ...] = (
-    ("inference (ONNX Runtime)", "onnxruntime/", ""),
-    ("metrics (prometheus_client)", "prometheus_client/", ""),
-    ("request context + metrics middleware", "service/middleware.py", ""),
-    ("diagnostics", "service/diagnostics.py", ""),
-    ("diagnostics", "service/app.py", "_diagnostics"),
-    ("encode (response)", "service/codecs.py", "encode"),
-    ("encode (response)", "service/app.py", "orjson_response"),
-    ("encode (response)", "service/app.py", "_binary_response"),
-    ("decode (body -> arrays)", "service/codecs.py", ""),
-    ("decode (body -> arrays)", "service/app.py", "decode"),
-    ("decode (body -> arrays)", "service/app.py", "read_body"),
-    ("batching (queue, merge, split)", "service/batching.py", ""),
-    ("handler (service/app.py, the rest)", "service/", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "uvicorn/", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "httptools", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "h11/", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "starlette/", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "fastapi/", ""),
-    ("HTTP (uvicorn, starlette, FastAPI)", "anyio/", ""),
-    ("event loop (asyncio)", "asyncio/", ""),
-    ("thread pool (hand-off to worker threads)", "concurrent/futures/", ""),
-    ("thread pool (hand-off to worker threads)", "threading.py", ""),
+# (stage, module path part): the first that matches a frame's file claims it. Keyed to modules
+# only, so a renamed function cannot move samples to another stage.
+RULES: tuple[tuple[str, str], ...] = (
+    ("inference (ONNX Runtime)", "onnxruntime/"),
+    ("metrics (prometheus_client)", "prometheus_client/"),
+    ("request context + metrics middleware", "service/api/context.py"),
+    ("diagnostics", "service/core/diagnostics.py"),
+    ("encode (response)", "service/api/answers.py"),
+    ("encode (response)", "service/codecs/answers.py"),
+    ("decode (body -> arrays)", "service/api/bodies.py"),
+    ("decode (body -> arrays)", "service/codecs/"),
+    ("batching (queue, merge, split)", "service/core/batching.py"),
+    ("core (runtime: admission, checks)", "service/core/"),
+    ("handler (service/api, the rest)", "service/"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "uvicorn/"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "httptools"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "h11/"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "starlette/"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "fastapi/"),
+    ("HTTP (uvicorn, starlette, FastAPI)", "anyio/"),
+    ("event loop (asyncio)", "asyncio/"),
+    ("thread pool (hand-off to worker threads)", "concurrent/futures/"),
+    ("thread pool (hand-off to worker threads)", "threading.py"),
 )
 OTHER = "other"
 IDLE = "idle: thread-pool workers waiting for work"
@@ -80,7 +79,7 @@ def parse_raw(text: str) -> list[tuple[list[str], int]]:
 
 
 def split_frame(frame: str) -> tuple[str, str]:
-    """``"pool (service/app.py:395)"`` -> ``("pool", "service/app.py")``."""
+    """``"serve (service/api/pool.py:95)"`` -> ``("serve", "service/api/pool.py")``."""
     function, _, where = frame.rpartition(" (")
     return function, where.rstrip(")").rsplit(":", 1)[0]
 
@@ -90,9 +89,9 @@ def stage_of(frames: list[str]) -> str:
     if function == "_worker" and path.endswith("concurrent/futures/thread.py"):
         return IDLE  # a thread-pool worker blocked on its work queue: py-spy counts it busy
     for frame in reversed(frames):
-        function, path = split_frame(frame)
-        for stage, part, prefix in RULES:
-            if part in path and function.startswith(prefix):
+        _, path = split_frame(frame)
+        for stage, part in RULES:
+            if part in path:
                 return stage
     return OTHER
 

@@ -47,7 +47,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import hey
-from service.process import ROOT, running_server
+from bench.process import ROOT, running_server
 from service.settings import Settings
 
 DEFAULT_MODEL = Settings.model_fields["default_model"].default  # the service's default

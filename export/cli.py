@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,6 @@ from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, export_onnx, output_na
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
-    MANIFEST_FORMAT,
     MODEL_FILE,
     TRITON_CONFIG,
     RepositoryError,
@@ -39,8 +39,8 @@ from export.repository import (
     version_dir,
 )
 from export.verify import cpu_session, output_bias, parity
-from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model, write_json
-from models.metrics import SIGNAL_RULE
+from modelrepo import DEFAULT_RULE, FORMAT, Manifest, SignalRule, write_manifest
+from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model
 from models.model import PoolingModel
 
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
@@ -70,48 +70,51 @@ def output_specs(model: PoolingModel) -> list[dict[str, Any]]:
 
 
 def task_spec(model: PoolingModel, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """What the model predicts: ``pool`` (the pooled vector), or its head's task and classes."""
+    """What the model predicts: ``pool`` (the pooled vector), or its head's task and classes
+    (the data set's ``classes``, else the label numbers as strings)."""
     head = model.config.head
     if head.task == "none":
-        return {"kind": "pool", "classes": None, "num_targets": None}
+        return {"kind": "pool"}
     if head.task == "classification":
-        classes = (metrics or {}).get("classes")
-        return {"kind": "classification", "classes": classes, "num_targets": None}
-    return {"kind": "regression", "classes": None, "num_targets": head.outputs}
+        classes = (metrics or {}).get("classes") or [str(c) for c in range(head.outputs)]
+        return {"kind": "classification", "classes": classes}
+    return {"kind": "regression", "num_targets": head.outputs}
 
 
-def signal_rule_of(metrics: dict[str, Any] | None) -> str:
+def signal_rule_of(metrics: dict[str, Any] | None) -> SignalRule:
     """The model's own signal-set rule (chosen on its validation split), else the project's."""
     rule = (metrics or {}).get("signal_rule")
-    return str(rule["definition"]) if isinstance(rule, dict) else SIGNAL_RULE
+    return SignalRule.from_dict(rule) if isinstance(rule, dict) else DEFAULT_RULE
 
 
 def build_manifest(
     name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
-) -> dict[str, Any]:
-    """Everything a server or a reader needs to know about one exported version."""
+) -> Manifest:
+    """Everything a server or a reader needs to know about one exported version (without the
+    export's own figures, which :func:`export_run` adds once parity is checked)."""
     config = model.config
     pooling = config.pooling
+    adapool = pooling.method == "adapool"
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+    bias = output_bias(model)
     graph = onnx.load(str(out / MODEL_FILE))
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     training = json.loads((run_dir / CONFIG_FILE).read_text())
-    bias = output_bias(model)
-    return {
-        "format": MANIFEST_FORMAT,
+    spec = {
+        "format": FORMAT,
         "name": name,
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": task_spec(model, metrics),
         "pooling": {
             "method": pooling.method,
-            "query": pooling.query if pooling.method == "adapool" else None,
-            "query_index": pooling.query_index if pooling.method == "adapool" else None,
+            "query": pooling.query if adapool else None,
+            "query_index": pooling.query_index if adapool else None,
             "query_indices": list(pooling.query_indices),
-            "residual": pooling.use_residual if pooling.method == "adapool" else None,
-            "values": pooling.values if pooling.method == "adapool" else None,
+            "residual": pooling.use_residual if adapool else None,
+            "values": pooling.values if adapool else None,
         },
-        "task": task_spec(model, metrics),
         "input_dim": config.input_dim,
         "output_dim": config.out_dim,
         "heads": config.pooling_heads,
@@ -126,7 +129,6 @@ def build_manifest(
             {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", "tokens"]},
         ],
         "outputs": output_specs(model),
-        "min_real_tokens_note": "rows need >= 1 real token; a token query needs its token real",
         "precision": "fp32",
         "opset": opset,
         "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
@@ -134,17 +136,18 @@ def build_manifest(
             f"{CHECKPOINT_DIR}/{p.name}": sha256_file(p)
             for p in sorted((out / CHECKPOINT_DIR).iterdir())
         },
-        "training": training,
+        "signal_rule": signal_rule_of(metrics).to_dict(),
         "metrics": metrics,
-        "signal_rule": signal_rule_of(metrics),
+        "training": training,
         "packages": package_versions(),
         "command": command,
-    } | ({"contribution_bias": [float(b) for b in bias]} if bias is not None else {})
+    }
+    if bias is not None:
+        spec["contribution_bias"] = [float(b) for b in bias]
+    return Manifest.from_dict(spec)
 
 
-def export_run(
-    run_dir: Path, name: str, version: int, repository: Path, command: str
-) -> dict[str, Any]:
+def export_run(run_dir: Path, name: str, version: int, repository: Path, command: str) -> Manifest:
     """Export ``run_dir``'s best checkpoint; returns the manifest written."""
     target = version_dir(repository, name, version)
     if target.exists():
@@ -163,7 +166,7 @@ def export_run(
         session = cpu_session(out / MODEL_FILE)
         startup = time.perf_counter() - started
         results = parity(session, model)
-        manifest["export"] = {
+        figures = {
             "seconds": round(seconds, 2),
             "model_bytes": (out / MODEL_FILE).stat().st_size,
             "onnxruntime_session_seconds": round(startup, 4),
@@ -185,14 +188,15 @@ def export_run(
             ],
             "parity_ok": all(r.ok() for r in results),
         }
-        if not manifest["export"]["parity_ok"]:
+        manifest = replace(manifest, provenance=replace(manifest.provenance, export=figures))
+        if not figures["parity_ok"]:
             bad = [r.name for r in results if not r.ok()]
             raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
         if config_file.exists() and config_file.read_text() != triton_config(name, manifest):
             raise RepositoryError(
                 f"{config_file} describes a different signature: export under another --name"
             )
-        write_json(out / MANIFEST_FILE, manifest)
+        write_manifest(out / MANIFEST_FILE, manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), target)
     config_file.write_text(triton_config(name, manifest))
@@ -215,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RepositoryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    e = manifest["export"]
+    e = manifest.provenance.export
     worst = max(
         max(
             p["max_abs_diff_pooled"],
@@ -226,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
-        f"{manifest['opset']}, export {e['seconds']:.1f}s, onnxruntime session start "
+        f"{manifest.opset}, export {e['seconds']:.1f}s, onnxruntime session start "
         f"{e['onnxruntime_session_seconds'] * 1000:.0f} ms, parity max abs diff {worst:.1e} "
         f"over {len(e['parity'])} cases"
     )

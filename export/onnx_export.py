@@ -6,8 +6,9 @@ float32 [batch, heads, tokens], then for a model with a task head ``logits`` [ba
 (classification) or ``prediction`` [batch, T] (regression), and, when the model's pool gives
 exact per-token terms (AdaPool with values from the inputs), ``contributions`` [batch, tokens,
 C or T]: each token's signed additive term of each output. Batch and tokens are dynamic axes
-(the dynamo exporter; the legacy exporter can freeze the example's sequence length, see
-../shared/environment.md).
+(the dynamo exporter; the legacy exporter can freeze the example's sequence length: with
+``nn.MultiheadAttention`` it writes the example's length into a Reshape, and every other length
+fails at run time).
 """
 
 from __future__ import annotations

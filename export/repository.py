@@ -1,30 +1,49 @@
-"""A model repository laid out like Triton's, plus our manifest.
+"""Writing a model repository laid out like Triton's, plus our manifest.
 
-    <repository>/<name>/config.pbtxt                  Triton's model config (ONNX Runtime backend)
-    <repository>/<name>/<version>/model.onnx          the graph
-    <repository>/<name>/<version>/manifest.json       what it is, where it came from, how it scored
-    <repository>/<name>/<version>/checkpoint/         the source checkpoint (config.json,
-                                                      model.safetensors): parity can be re-checked
-
+The layout and the manifest are :mod:`modelrepo`'s (shared with the service); this module adds
+what only the writer needs: name and version checks, checksums and Triton's ``config.pbtxt``.
 Versions are positive integers, as Triton requires.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_DIR = "checkpoint"
-TRITON_CONFIG = "config.pbtxt"
-MANIFEST_FORMAT = 1
+from modelrepo import Manifest, TensorSpec
+from modelrepo.layout import (
+    CHECKPOINT_DIR,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TRITON_CONFIG,
+    VersionDir,
+    parse_version,
+    scan_versions,
+)
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "TRITON_CONFIG",
+    "RepositoryError",
+    "VersionDir",
+    "check_name",
+    "check_version",
+    "find_versions",
+    "sha256_file",
+    "triton_config",
+    "version_dir",
+]
 # Model names travel in URLs and file paths: keep them to a safe alphabet.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TRITON_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bool": "TYPE_BOOL",
+    "int64": "TYPE_INT64",
+}
 
 
 class RepositoryError(ValueError):
@@ -53,66 +72,44 @@ def check_version(version: int) -> int:
     return version
 
 
-@dataclass(frozen=True)
-class ModelVersion:
-    """One exported model version on disk."""
-
-    name: str
-    version: int
-    path: Path
-
-    @property
-    def model_file(self) -> Path:
-        return self.path / MODEL_FILE
-
-    @property
-    def manifest_file(self) -> Path:
-        return self.path / MANIFEST_FILE
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.manifest_file.read_text())
-        return data
-
-
 def version_dir(repository: Path, name: str, version: int) -> Path:
     return repository / check_name(name) / str(check_version(version))
 
 
-def find_versions(path: Path) -> list[ModelVersion]:
-    """Every model version under ``path``: a repository, one model's folder or one version's."""
+def find_versions(path: Path) -> list[VersionDir]:
+    """Every model version under ``path``: a repository, one model's folder or one version's.
+
+    Raises RepositoryError for a version folder name that is not a version, and for two folders
+    naming one version (``01`` beside ``1``).
+    """
     path = Path(path)
-    if (path / MODEL_FILE).exists():
-        if not path.name.isdigit():
-            raise RepositoryError(f"{path}: a version folder is named by an integer")
-        return [ModelVersion(path.parent.name, int(path.name), path)]
-    found = []
-    for model_file in sorted(path.glob(f"*/{MODEL_FILE}")) + sorted(path.glob(f"*/*/{MODEL_FILE}")):
-        version = model_file.parent
-        if version.name.isdigit():
-            found.append(ModelVersion(version.parent.name, int(version.name), version))
-    return sorted(found, key=lambda v: (v.name, v.version))
+    if (path / MODEL_FILE).exists() or (path / MANIFEST_FILE).exists():
+        version = parse_version(path.name)
+        if version is None:
+            raise RepositoryError(f"{path}: a version folder is named by an integer >= 1")
+        return [VersionDir(path.parent.name, version, path)]
+    is_model = any(parse_version(p.name) for p in path.iterdir() if p.is_dir())
+    scan = scan_versions(path.parent, [path.name]) if is_model else scan_versions(path)
+    if scan.problems:
+        raise RepositoryError("; ".join(p.message for p in scan.problems))
+    return scan.versions
 
 
-TRITON_TYPES = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
+def _dims(tensor: TensorSpec) -> str:
+    """Triton's dims: without the batch axis, a named (variable) axis as -1."""
+    return ", ".join(str(d) if isinstance(d, int) else "-1" for d in tensor.shape[1:])
 
 
-def _triton_tensors(tensors: list[dict[str, Any]]) -> str:
-    """Manifest tensor specs as Triton entries: the batch axis dropped, named axes as -1."""
-    entries = []
-    for t in tensors:
-        dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in t["shape"][1:])
-        entries.append(
-            f'  {{ name: "{t["name"]}" data_type: {TRITON_TYPES[t["dtype"]]} dims: [ {dims} ] }}'
-        )
-    return ",\n".join(entries)
+def _tensor_lines(tensors: tuple[TensorSpec, ...]) -> str:
+    lines = [
+        f'  {{ name: "{t.name}" data_type: {TRITON_TYPES[t.dtype]} dims: [ {_dims(t)} ] }}'
+        for t in tensors
+    ]
+    return ",\n".join(lines) + "\n"
 
 
-def triton_config(name: str, manifest: dict[str, Any], max_batch_size: int = 64) -> str:
-    """Triton's config.pbtxt for the ONNX Runtime backend, every manifest input and output.
+def triton_config(name: str, manifest: Manifest, max_batch_size: int = 64) -> str:
+    """Triton's config.pbtxt for the ONNX Runtime backend, from the manifest's tensors.
 
     The batch axis is Triton's (``max_batch_size`` > 0 lets its dynamic batcher join requests
     of equal token count); tokens stay a variable dim (-1).
@@ -121,8 +118,8 @@ def triton_config(name: str, manifest: dict[str, Any], max_batch_size: int = 64)
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{_triton_tensors(manifest['inputs'])}\n]\n"
-        f"output [\n{_triton_tensors(manifest['outputs'])}\n]\n"
+        "input [\n" + _tensor_lines(manifest.inputs) + "]\n"
+        "output [\n" + _tensor_lines(manifest.outputs) + "]\n"
         "version_policy: { all { } }\n"
         "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"
     )

@@ -1,4 +1,4 @@
-"""Rescore the manifests of a repository whose metrics used an older signal-set rule.
+"""Restate a repository's manifests under the project's current signal-set rule and format.
 
     python -m export.rescore model_repository [--dry-run]
 
@@ -6,9 +6,10 @@ A manifest's ``metrics`` (test signal loss, weight quality with chance levels) a
 training time under the project's signal-set rule of that day. When the rule changes
 (``models.metrics.SIGNAL_RULE``), this recomputes them from the version's own source checkpoint
 on the same seeded test split, so that every manifest states figures under the rule the service
-applies. The model files are untouched (their sha256 stay valid); the manifest records the rule
-it replaced, when, and the command. A model trained on data with signal masks chose its own rule
-on its validation split (``metrics.signal_rule``): it keeps it.
+applies. A manifest in an older format is rewritten in the current one (``modelrepo.FORMAT``).
+The model files are untouched (their sha256 stay valid); the manifest records what it replaced
+(rule, format), when, and the command. A model trained on data with signal masks chose its own
+rule on its validation split (its metrics' ``signal_rule``): it keeps it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from export.repository import find_versions
-from models.checkpoint import load_model, read_json, write_json
-from models.metrics import SIGNAL_RULE
+from modelrepo import DEFAULT_RULE, FORMAT, Metrics, read_manifest, write_manifest
+from models.checkpoint import load_model
 from models.train import rescore_metrics
 
 
@@ -35,28 +37,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     for version in find_versions(args.repository):
-        manifest = read_json(version.manifest_file)
-        previous = manifest.get("signal_rule")
-        if isinstance((manifest.get("metrics") or {}).get("signal_rule"), dict):
-            print(f"{version.name}/{version.version}: its own rule ({previous}), kept")
+        manifest = read_manifest(version.manifest_file)
+        own_rule = manifest.metrics is not None and isinstance(
+            manifest.metrics.data.get("signal_rule"), dict
+        )
+        stale_rule = not own_rule and manifest.signal_rule != DEFAULT_RULE
+        old_format = manifest.format < FORMAT
+        if not (stale_rule or old_format):
+            print(f"{version.label}: up to date")
             continue
-        if previous == SIGNAL_RULE:
-            print(f"{version.name}/{version.version}: up to date")
-            continue
-        print(f"{version.name}/{version.version}: '{previous}' -> '{SIGNAL_RULE}'", flush=True)
+        record: dict[str, object] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": command,
+        }
+        metrics = manifest.metrics
+        if stale_rule:
+            previous, rule = manifest.signal_rule.definition, DEFAULT_RULE.definition
+            print(f"{version.label}: '{previous}' -> '{rule}'", flush=True)
+            record["previous_signal_rule"] = previous
+            if not args.dry_run:
+                model, config = load_model(version.checkpoint_dir)
+                data = dict(metrics.data) if metrics else {}
+                metrics = Metrics.from_dict(rescore_metrics(model, config, data))
+        if old_format:
+            print(f"{version.label}: manifest format {manifest.format} -> {FORMAT}", flush=True)
+            record["previous_format"] = manifest.format
         if args.dry_run:
             continue
-        model, config = load_model(version.checkpoint_dir)
-        manifest["metrics"] = rescore_metrics(model, config, manifest.get("metrics") or {})
-        manifest["signal_rule"] = SIGNAL_RULE
-        manifest.setdefault("rescored", []).append(
-            {
-                "previous_signal_rule": previous,
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": command,
-            }
+        history = (*manifest.provenance.history, record)
+        upgraded = replace(
+            manifest,
+            signal_rule=manifest.signal_rule if own_rule else DEFAULT_RULE,
+            metrics=metrics,
+            provenance=replace(manifest.provenance, history=history),
         )
-        write_json(version.manifest_file, manifest)
+        write_manifest(version.manifest_file, upgraded)
     return 0
 
 

@@ -29,11 +29,13 @@ from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
     TRITON_CONFIG,
-    ModelVersion,
+    RepositoryError,
+    VersionDir,
     find_versions,
     sha256_file,
     triton_config,
 )
+from modelrepo import ManifestError, read_manifest
 from models.checkpoint import load_model
 from models.model import PoolingModel
 
@@ -169,13 +171,16 @@ def _signature(model: onnx.ModelProto, outputs: list[str]) -> list[Check]:
     return checks
 
 
-def verify_version(version: ModelVersion) -> list[Check]:
+def verify_version(version: VersionDir) -> list[Check]:
     """Every check for one model version."""
     checks: list[Check] = []
-    label = f"{version.name}/{version.version}"
     if not (version.path / MANIFEST_FILE).exists():
-        return [Check("manifest.json present", False, f"{label} has no manifest.json")]
-    manifest = version.manifest()
+        return [Check("manifest.json present", False, f"{version.label} has no manifest.json")]
+    try:
+        manifest = read_manifest(version.manifest_file)
+    except ManifestError as exc:  # what the service would report as the reason it is not ready
+        return [Check("manifest.json is valid", False, str(exc))]
+    checks.append(Check("manifest.json is valid", True, f"format {manifest.format}"))
     try:
         onnx.checker.check_model(str(version.model_file), full_check=True)
         checks.append(Check("onnx.checker", True))
@@ -185,13 +190,13 @@ def verify_version(version: ModelVersion) -> list[Check]:
         f"{CHECKPOINT_DIR}/{p.name}": p for p in sorted(version.checkpoint_dir.glob("*"))
     }
     for rel, path in files.items():
-        expected = manifest["sha256"].get(rel)
+        expected = manifest.sha256.get(rel)
         actual = sha256_file(path)
         detail = "" if expected == actual else f"manifest {expected}, file {actual}"
         checks.append(Check(f"sha256 {rel}", expected == actual, detail))
-    missing = [rel for rel in manifest["sha256"] if rel not in files]
+    missing = [rel for rel in manifest.sha256 if rel not in files]
     checks.append(Check("every file in the manifest exists", not missing, ", ".join(missing)))
-    outputs = [o["name"] for o in manifest["outputs"]]
+    outputs = list(manifest.output_names)
     checks.extend(_signature(onnx.load(str(version.model_file)), outputs))
 
     config_path = version.path.parent / TRITON_CONFIG
@@ -205,10 +210,12 @@ def verify_version(version: ModelVersion) -> list[Check]:
         model, _ = load_model(version.checkpoint_dir)
     except Exception as exc:  # a broken checkpoint is a failed check, not a crash
         return [*checks, Check("source checkpoint loads", False, f"{type(exc).__name__}: {exc}")]
-    expected = list(output_names(model))
+    model_outputs = list(output_names(model))
     checks.append(
         Check(
-            "the manifest's outputs are the checkpoint model's", outputs == expected, str(expected)
+            "the manifest's outputs are the checkpoint model's",
+            outputs == model_outputs,
+            str(model_outputs),
         )
     )
     try:
@@ -240,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__)
     parser.add_argument("path", type=Path, help="a repository, a model folder or a version folder")
     args = parser.parse_args(argv)
-    versions = find_versions(args.path)
+    try:
+        versions = find_versions(args.path)
+    except RepositoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not versions:
         print(f"error: no model versions under {args.path}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ model = build_model(ModelConfig(depth=2, pooling=PoolingConfig(method="adapool",
 out = model(x, attention_mask)      # out.pooled (B, D_out), out.weights (B, H, N), out.output
 """
 
+from modelrepo.signal_rules import SignalRule
 from models.config import (
     ConfigError,
     DataConfig,
@@ -19,7 +20,6 @@ from models.config import (
 )
 from models.metrics import (
     SIGNAL_RULE,
-    SignalRule,
     WeightQuality,
     estimate_signal_set,
     weight_quality,

@@ -16,14 +16,14 @@ chooses its own rule from ``RULE_CANDIDATES`` on its validation split (:func:`ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-SIGNAL_RULE_NAME = "quarter-max"  # the project's rule, one of NAMED_RULES (defined below)
+from modelrepo.signal_rules import DEFAULT_RULE_NAME, NAMED, SignalRule
+
+SIGNAL_RULE_NAME = DEFAULT_RULE_NAME  # the project's rule, one of NAMED_RULES
 
 FloatArray = NDArray[np.floating]
 BoolArray = NDArray[np.bool_]
@@ -59,130 +59,10 @@ def head_mean(weights: FloatArray) -> NDArray[np.float64]:
     return w.mean(axis=1) if w.ndim == 3 else w
 
 
-def _uniform_share(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
-    n_real = mask.sum(axis=1, keepdims=True)
-    chosen: BoolArray = (w > share / n_real) & mask
-    return chosen
-
-
-def _share_of_max(w: NDArray[np.float64], mask: BoolArray, share: float) -> BoolArray:
-    top = np.where(mask, w, -np.inf).max(axis=1, keepdims=True)
-    chosen: BoolArray = (w >= share * top) & mask
-    return chosen
-
-
-def _mass(w: NDArray[np.float64], mask: BoolArray, mass: float) -> BoolArray:
-    """The fewest largest-weight tokens holding ``mass`` of the weight."""
-    order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
-    sorted_w = np.take_along_axis(np.where(mask, w, 0.0), order, axis=1)
-    before = np.cumsum(sorted_w, axis=1) - sorted_w  # mass of the tokens ahead of each
-    keep_sorted = before < mass * sorted_w.sum(axis=1, keepdims=True)
-    keep = np.zeros_like(mask)
-    np.put_along_axis(keep, order, keep_sorted, axis=1)
-    return keep & mask
-
-
-def _largest_gap(w: NDArray[np.float64], mask: BoolArray, ratio: float) -> BoolArray:
-    """The tokens above the largest drop between consecutive sorted weights, when that drop is
-    at least a factor ``ratio``; all real tokens when no drop is (near-uniform weights)."""
-    tiny = np.finfo(np.float64).tiny
-    log_w = np.log(np.maximum(w, tiny))
-    # Padding sorts last and repeats the row's smallest real weight: it adds no drop.
-    floor = np.where(mask, log_w, np.inf).min(axis=1, keepdims=True)
-    log_w = np.where(mask, log_w, floor)
-    order = np.argsort(-log_w, axis=1, kind="stable")
-    ranked = np.take_along_axis(log_w, order, axis=1)
-    drops = ranked[:, :-1] - ranked[:, 1:]  # (S, N - 1), >= 0
-    n_real = mask.sum(axis=1)
-    if drops.shape[1] == 0:
-        return mask.copy()
-    cut = drops.argmax(axis=1)
-    keep_n = np.where(drops.max(axis=1) >= np.log(ratio), cut + 1, n_real)
-    keep = np.zeros_like(mask)
-    np.put_along_axis(keep, order, np.arange(mask.shape[1])[None, :] < keep_n[:, None], axis=1)
-    return keep & mask
-
-
-RuleKind = Literal["share_of_max", "uniform_share", "mass", "largest_gap"]
-_RULE_KINDS: dict[str, Callable[[NDArray[np.float64], BoolArray, float], BoolArray]] = {
-    "share_of_max": _share_of_max,
-    "uniform_share": _uniform_share,
-    "mass": _mass,
-    "largest_gap": _largest_gap,
-}
-
-
-def _fraction(value: float) -> int | None:
-    """n when value == 1/n for a whole n, else None."""
-    n = round(1.0 / value)
-    return n if abs(n * value - 1.0) < 1e-9 else None
-
-
-@dataclass(frozen=True)
-class SignalRule:
-    """A signal-set rule: which real tokens of a row its head-mean weights call signal.
-
-    Attributes:
-        kind: ``share_of_max`` (weight >= value x the row's largest), ``uniform_share``
-            (weight > value / n_real), ``mass`` (the fewest largest weights holding ``value``
-            of the row's weight) or ``largest_gap`` (sort the row's weights; the tokens above
-            the largest ratio between consecutive ones, if that ratio is at least ``value``,
-            else every real token).
-        value: the kind's parameter, > 0 (<= 1 for ``share_of_max`` and ``mass``, > 1 for
-            ``largest_gap``).
-    """
-
-    kind: RuleKind
-    value: float
-
-    def __post_init__(self) -> None:
-        if self.kind not in _RULE_KINDS:
-            raise ValueError(f"signal rule kind must be one of {tuple(_RULE_KINDS)}")
-        bounded = self.kind in ("share_of_max", "mass")
-        low = 1.0 if self.kind == "largest_gap" else 0.0
-        if not (self.value > low and (not bounded or self.value <= 1)):
-            raise ValueError(f"signal rule {self.kind}: value {self.value} out of range")
-
-    @property
-    def definition(self) -> str:
-        """The rule in words (the form manifests and the service have always shown)."""
-        n = _fraction(self.value)
-        if self.kind == "share_of_max":
-            share = f"max weight / {n}" if n else f"{self.value:g} x max weight"
-            return f"head-mean weight >= {share}"
-        if self.kind == "uniform_share":
-            if n == 1:
-                return "head-mean weight > 1/n_real"
-            return (
-                f"head-mean weight > 1/({n} n_real)"
-                if n
-                else f"head-mean weight > {self.value:g}/n_real"
-            )
-        if self.kind == "largest_gap":
-            return (
-                "head-mean weights above the largest drop between consecutive sorted weights, "
-                f"if it is at least {self.value:g}x (else all tokens)"
-            )
-        return f"the fewest largest head-mean weights holding {self.value * 100:g}% of the weight"
-
-    def apply(self, weights: NDArray[np.float64], attention_mask: BoolArray) -> BoolArray:
-        """(S, N) head-mean weights and mask -> (S, N) bool, True on estimated signal tokens."""
-        return _RULE_KINDS[self.kind](weights, attention_mask, self.value)
-
-    def as_dict(self) -> dict[str, str | float]:
-        return {"kind": self.kind, "value": self.value, "definition": self.definition}
-
-
-# The candidates the Signature study scored, by name.
-NAMED_RULES: dict[str, SignalRule] = {
-    "uniform": SignalRule("uniform_share", 1.0),
-    "half-uniform": SignalRule("uniform_share", 0.5),
-    "half-max": SignalRule("share_of_max", 0.5),
-    "quarter-max": SignalRule("share_of_max", 0.25),
-    "tenth-max": SignalRule("share_of_max", 0.1),
-    "mass-90": SignalRule("mass", 0.9),
-    "mass-95": SignalRule("mass", 0.95),
-}
+# The candidates the Signature study scored, by name. Rules and their one implementation live in
+# modelrepo.signal_rules, which the service uses too: a manifest's figures and the service's
+# signal sets come from the same code.
+NAMED_RULES: dict[str, SignalRule] = dict(NAMED)
 PROJECT_RULE = NAMED_RULES[SIGNAL_RULE_NAME]
 SIGNAL_RULE = PROJECT_RULE.definition
 
@@ -216,7 +96,7 @@ def estimate_signal_set(
     Returns:
         (S, N) bool, True on the real tokens the rule estimates to be signal.
     """
-    return rule.apply(head_mean(weights), np.asarray(attention_mask))
+    return rule.select(head_mean(weights), np.asarray(attention_mask))
 
 
 def _f1(estimated: BoolArray, truth: BoolArray) -> tuple[NDArray[np.float64], ...]:

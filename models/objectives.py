@@ -101,18 +101,18 @@ def weights_report(val: Predictions, test: Predictions, bands: SNRBands) -> dict
     Only sets holding at least one signal token are scored (a negative bag has none).
     """
     if val.signal_mask is None or test.signal_mask is None:
-        return {"signal_rule": {**PROJECT_RULE.as_dict(), "chosen_on": "default (no signal_mask)"}}
+        return {"signal_rule": {**PROJECT_RULE.to_dict(), "chosen_on": "default (no signal_mask)"}}
     v = val.signal_mask.any(axis=1)
     t = test.signal_mask.any(axis=1)
     if not v.any() or not t.any():
         note = "default (no set with a signal token in the validation or test split)"
-        return {"signal_rule": {**PROJECT_RULE.as_dict(), "chosen_on": note}}
+        return {"signal_rule": {**PROJECT_RULE.to_dict(), "chosen_on": note}}
     rule, table = choose_rule(val.weights[v], val.attention_mask[v], val.signal_mask[v], bands)
     chosen = next(row for row in table if row["kind"] == rule.kind and row["value"] == rule.value)
     w, m, s = test.weights[t], test.attention_mask[t], test.signal_mask[t]
     return {
         "signal_rule": {
-            **rule.as_dict(),
+            **rule.to_dict(),
             "chosen_on": "validation",
             "validation_mean_f1": chosen["mean_f1"],
             "project_rule_validation_mean_f1": table[0]["mean_f1"],

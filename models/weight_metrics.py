@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from modelrepo.signal_rules import SignalRule
 from models.metrics import (
     RULE_CANDIDATES,
     SNR_BANDS,
     BoolArray,
     FloatArray,
-    SignalRule,
     auc,
     head_mean,
     snr_band_label,
@@ -177,6 +177,6 @@ def choose_rule(
             ).f1
             for i in present
         ]
-        table.append({**rule.as_dict(), "mean_f1": float(np.mean(f1)), "bands": labels, "f1": f1})
+        table.append({**rule.to_dict(), "mean_f1": float(np.mean(f1)), "bands": labels, "f1": f1})
     best = max(range(len(table)), key=lambda i: (table[i]["mean_f1"], -i))
     return candidates[best], table

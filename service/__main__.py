@@ -20,8 +20,8 @@ from pydantic_settings import SettingsError
 from uvicorn.config import STARTUP_FAILURE
 
 from service.app import create_app
+from service.server import GracefulServer
 from service.settings import Settings
-from service.shutdown import GracefulServer
 
 
 def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server = GracefulServer(
         config,
-        app.state.service,
+        app.state.runtime,
         drain=settings.shutdown_drain_seconds,
         timeout=settings.shutdown_timeout_seconds,
     )

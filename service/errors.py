@@ -1,6 +1,9 @@
-"""One error type, one status mapping, one JSON body for every error the service returns.
+"""One error type, the statuses it maps to, and the rejection reason each one counts as.
 
-{"error": {"type": "...", "message": "...", "detail": {...}}, "request_id": "..."}
+The core raises these and never sees HTTP; a front-end renders them (``service.api.errors`` for
+the /pool API: ``{"error": {"type", "message", "detail"}, "request_id"}``). ``status`` is the
+HTTP status of each type; ``REJECTION_REASONS`` says under which ``reason`` label of
+``adapool_rejected_requests_total`` the core counts it (``None``: not a rejection).
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ class ServiceError(Exception):
         self.detail = detail or {}
         self.headers = headers or {}
 
-    def body(self, request_id: str) -> dict[str, Any]:
-        return {
-            "error": {"type": self.type, "message": self.message, "detail": self.detail},
-            "request_id": request_id,
-        }
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (a worker process raises these for the server to render)."""
+        return _rebuild, (type(self), self.message, self.detail, self.headers)
+
+
+def _rebuild(
+    kind: type[ServiceError], message: str, detail: dict[str, Any], headers: dict[str, str]
+) -> ServiceError:
+    error = kind.__new__(kind)
+    ServiceError.__init__(error, message, detail, headers)
+    return error
 
 
 class InvalidInput(ServiceError):
@@ -47,6 +56,9 @@ class BadRequest(ServiceError):
 class Unauthorized(ServiceError):
     status, type = 401, "unauthorized"
 
+    def __init__(self, message: str = "missing or wrong API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
 
 class NotFound(ServiceError):
     status, type = 404, "not_found"
@@ -54,6 +66,10 @@ class NotFound(ServiceError):
 
 class MethodNotAllowed(ServiceError):
     status, type = 405, "method_not_allowed"
+
+
+class NotAcceptable(ServiceError):
+    status, type = 406, "not_acceptable"
 
 
 class PayloadTooLarge(ServiceError):
@@ -64,12 +80,26 @@ class UnsupportedMediaType(ServiceError):
     status, type = 415, "unsupported_media_type"
 
 
-class NotAcceptable(ServiceError):
-    status, type = 406, "not_acceptable"
-
-
 class Overloaded(ServiceError):
+    """The model's queue is full: the one refusal under load, with its retry hint."""
+
     status, type = 429, "overloaded"
+
+    def __init__(self, queue: int, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"the queue is full ({queue} requests); retry later",
+            {"queue": queue},
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
+class ClientGone(ServiceError):
+    """The client disconnected before its answer was ready: nothing is sent (logged as 499)."""
+
+    status, type = 499, "client_gone"
+
+    def __init__(self, message: str = "the client disconnected") -> None:
+        super().__init__(message)
 
 
 class NotReady(ServiceError):
@@ -80,6 +110,29 @@ class InferenceFailed(ServiceError):
     """The model run failed; every request of that batch gets this error."""
 
     status, type = 500, "inference_failed"
+
+
+REJECTION_REASONS: dict[type[ServiceError], str | None] = {
+    Overloaded: "queue_full",
+    ClientGone: "client_gone",
+    PayloadTooLarge: "too_large",
+    InvalidInput: "invalid",
+    BadRequest: "invalid",
+    UnsupportedMediaType: "invalid",
+    NotAcceptable: "invalid",
+    Unauthorized: "unauthorized",
+    NotReady: "not_ready",
+    NotFound: None,  # a name the client made up: no model label to count it under
+    InferenceFailed: None,  # a failure, not a refusal (adapool_requests_total has its 500)
+}
+
+
+def rejection_reason(error: ServiceError) -> str | None:
+    """The ``reason`` label ``error`` is counted under, or None."""
+    for kind in type(error).__mro__:
+        if kind in REJECTION_REASONS:
+            return REJECTION_REASONS[kind]
+    return None
 
 
 def invalid(field: str, message: str, item: int | None = None, **detail: Any) -> InvalidInput:

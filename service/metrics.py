@@ -44,7 +44,6 @@ class ModelMetrics:
     """
 
     def __init__(self, metrics: Metrics, name: str) -> None:
-        self._metrics, self._name = metrics, name
         stage = metrics.stage_duration
         self.decode = stage.labels(name, "decode")
         self.queue = stage.labels(name, "queue")
@@ -58,14 +57,6 @@ class ModelMetrics:
         self.entropy = metrics.entropy.labels(name)
         self.effective_tokens = metrics.effective_tokens.labels(name)
         self.estimated_snr = metrics.estimated_snr.labels(name)
-        self._rejected: dict[str, Any] = {}
-
-    def reject(self, reason: str) -> None:
-        """Count a refused or dropped request (the series appears on first use)."""
-        child = self._rejected.get(reason)
-        if child is None:
-            child = self._rejected[reason] = self._metrics.rejected.labels(self._name, reason)
-        child.inc()
 
 
 class Metrics:
@@ -74,6 +65,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._models: dict[str, ModelMetrics] = {}
+        self._rejected: dict[tuple[str, str], Any] = {}
         self.requests = Counter(
             "adapool_requests",
             "HTTP requests by model, route and status code",
@@ -162,6 +154,14 @@ class Metrics:
             buckets=SNR_BUCKETS,
             registry=registry,
         )
+
+    def reject(self, model: str, reason: str) -> None:
+        """Count a refused or dropped request (the series appears on first use; ``model`` is
+        "" while no model is known yet)."""
+        child = self._rejected.get((model, reason))
+        if child is None:
+            child = self._rejected[model, reason] = self.rejected.labels(model, reason)
+        child.inc()
 
     def model(self, name: str) -> ModelMetrics:
         """``name``'s series (created on first use, then reused)."""

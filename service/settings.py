@@ -35,6 +35,18 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(64, gt=0, description="items (token sets) per request")
     max_tokens_per_item: int = Field(2048, gt=0, description="tokens in one item")
     max_tokens_per_request: int = Field(32_768, gt=0, description="padded tokens per request")
+    max_json_values: int = Field(
+        1_048_576,
+        gt=0,
+        description="values (numbers, booleans) in one JSON body, counted before it is parsed: "
+        "parsing costs about 60 bytes per value",
+    )
+    json_decode_processes: int = Field(
+        1,
+        ge=0,
+        description="worker processes that parse large JSON-list bodies, so that parsing never "
+        "holds the event loop (0: a thread of the server)",
+    )
 
     max_batch_size: int = Field(64, gt=0, description="items merged into one model run")
     max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")

@@ -1,6 +1,7 @@
 """The servers ``python -m bench.compare`` measures ours against, each a small program that serves
-one ``model.onnx`` through the service's own ONNX Runtime backend (``service.backend.OnnxBackend``,
-CPU, the service's session options), so only the serving around the model differs:
+one ``model.onnx`` through the service's own ONNX Runtime backend
+(``service.core.backend.OnnxBackend``, CPU, the service's session options), so only the serving
+around the model differs:
 
 - ``naive``: FastAPI with a pydantic body of nested float lists, one model run per request;
 - ``litserve_peer``: LitServe (PyPI ``litserve``) with its batching on;

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from service.process import ROOT
+from bench.process import ROOT
 
 
 def answers(url: str) -> bool:

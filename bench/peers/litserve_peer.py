@@ -25,7 +25,7 @@ import litserve as ls
 import numpy as np
 from numpy.typing import NDArray
 
-from service.backend import OnnxBackend
+from service.core.backend import OnnxBackend
 
 Outputs = tuple[NDArray[np.float32], NDArray[np.float32]]
 
@@ -62,7 +62,8 @@ class PoolAPI(ls.LitAPI):  # type: ignore[misc]  # litserve ships no type hints
         single = isinstance(x, np.ndarray)  # max_batch_size = 1: LitServe does not batch
         parts = [x] if isinstance(x, np.ndarray) else x
         merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        pooled, weights = self.backend.run(merged, np.ones(merged.shape[:2], dtype=bool))
+        run = self.backend.run(merged, np.ones(merged.shape[:2], dtype=bool))
+        pooled, weights = run["pooled"], run["weights"]
         out, start = [], 0
         for part in parts:
             end = start + part.shape[0]

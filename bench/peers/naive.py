@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.backend import OnnxBackend
+from service.core.backend import OnnxBackend
 
 
 class PoolRequest(BaseModel):
@@ -51,7 +51,8 @@ def create_app(model_file: Path) -> FastAPI:
     @app.post("/pool", response_model=PoolResponse)
     def pool(request: PoolRequest) -> PoolResponse:
         x = np.asarray(request.embeddings, dtype=np.float32)  # (B, N, D)
-        pooled, weights = backends["model"].run(x, np.ones(x.shape[:2], dtype=bool))
+        out = backends["model"].run(x, np.ones(x.shape[:2], dtype=bool))
+        pooled, weights = out["pooled"], out["weights"]
         return PoolResponse(pooled=pooled.tolist(), weights=weights.mean(axis=1).tolist())
 
     return app

@@ -29,7 +29,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from service.backend import OnnxBackend
+from service.core.backend import OnnxBackend
 
 
 def use_own_libpython() -> None:
@@ -50,8 +50,8 @@ def infer_function(backend: OnnxBackend) -> Callable[..., dict[str, np.ndarray]]
     @batch  # type: ignore[untyped-decorator]  # pytriton ships no type hints
     def infer(embeddings: np.ndarray, **_: Any) -> dict[str, np.ndarray]:
         mask = np.ones(embeddings.shape[:2], dtype=bool)
-        pooled, weights = backend.run(embeddings.astype(np.float32, copy=False), mask)
-        return {"pooled": pooled, "weights": weights.mean(axis=1)}
+        out = backend.run(embeddings.astype(np.float32, copy=False), mask)
+        return {"pooled": out["pooled"], "weights": out["weights"].mean(axis=1)}
 
     return infer  # type: ignore[no-any-return]
 

@@ -1,6 +1,6 @@
 """The kNN-Centroid task, the paper's synthetic noise-robustness benchmark.
 
-Recipe (../shared/paper.md, after the public generator), per sample:
+Recipe (after the paper's public generator, github.com/agbrothers/pooling), per sample:
 
 1. N vectors of dimension d. Draw per-feature distribution parameters shared by the sample's N
    vectors, 6 columns from each of three families:

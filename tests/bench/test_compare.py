@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import compare_render, compare_report, hey, procstat, pyspy
+from bench import compare_render, compare_report, hey, procstat
 from bench.bodies import BY_NAME, parse_v2, write_v2_body
 
 SUMMARY = """
@@ -230,60 +230,3 @@ def test_v2_binary_body_and_answer_round_trip(tmp_path: Path) -> None:
     as_json = {"outputs": [{"name": "pooled", "shape": [1, 2], "data": [1.0, 2.0]}]}
     assert parse_v2(json.dumps(as_json).encode(), None)["pooled"].tolist() == [[1.0, 2.0]]
     assert BY_NAME["triton-binary"].binary and not BY_NAME["triton-json"].binary
-
-
-MAIN = "main (service/__main__.py:69)"
-STACKS = [
-    (
-        [
-            MAIN,
-            "pool (service/app.py:400)",
-            "decode_npy (service/codecs.py:160)",
-            "read_array_header (numpy/lib/format.py:600)",
-        ],
-        4,
-    ),
-    (
-        [
-            MAIN,
-            "pool (service/app.py:430)",
-            "_diagnostics (service/app.py:500)",
-            "observe (prometheus_client/metrics.py:600)",
-        ],
-        1,
-    ),
-    ([MAIN, "pool (service/app.py:430)", "diagnose_batch (service/diagnostics.py:70)"], 2),
-    (["_bootstrap (threading.py:1002)", "_worker (concurrent/futures/thread.py:81)"], 7),
-    (
-        [
-            "_worker (concurrent/futures/thread.py:58)",
-            "OnnxBackend.run (service/backend.py:75)",
-            "Session.run (onnxruntime/capi/x.py:406)",
-        ],
-        10,
-    ),
-    (
-        [
-            "Runner.run (asyncio/runners.py:118)",
-            "RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:524)",
-        ],
-        3,
-    ),
-]
-RAW_STACKS = "\n".join(";".join(frames) + f" {n}" for frames, n in STACKS) + "\n"
-
-
-def test_pyspy_stages_claim_each_sample_from_the_leaf_up() -> None:
-    stacks = pyspy.parse_raw(RAW_STACKS)
-    assert sum(n for _, n in stacks) == 27
-    assert pyspy.stages(stacks) == {
-        "inference (ONNX Runtime)": 10,
-        pyspy.IDLE: 7,
-        "decode (body -> arrays)": 4,  # numpy's header parser, called by the .npy decoder
-        "HTTP (uvicorn, starlette, FastAPI)": 3,
-        "diagnostics": 2,
-        "metrics (prometheus_client)": 1,  # a metric observed by the diagnostics
-    }
-    functions = dict(pyspy.service_functions(stacks))
-    assert functions["pool (service/app.py)"] == 7 and "main (service/__main__.py)" not in functions
-    assert pyspy.leaf_functions(stacks, 1) == [("Session.run (onnxruntime/capi/x.py)", 10)]

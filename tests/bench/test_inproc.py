@@ -23,7 +23,7 @@ def test_counts_every_request_and_its_cpu(capsys: pytest.CaptureFixture[str], ac
 
 def test_profile_names_the_pool_handler(capsys: pytest.CaptureFixture[str]) -> None:
     assert inproc.main(["--requests", "20", "--warmup", "1", "--profile", "200"]) == 0
-    assert "service/app.py" in capsys.readouterr().out
+    assert "service/api/pool.py" in capsys.readouterr().out
 
 
 def test_a_refused_request_stops_it() -> None:

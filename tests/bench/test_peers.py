@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import gpu, hey
+from bench import gpu, hey, process
 from bench.bodies import BY_NAME, body_for, check
 from bench.peers import launch
+from bench.process import ROOT, free_port
 from bench.procstat import TreeUsage
-from service import process
-from service.backend import OnnxBackend
-from service.process import ROOT, free_port
+from service.core.backend import OnnxBackend
 from service.settings import Settings
 from tests.bench.conftest import needs_hey
 
@@ -35,7 +34,8 @@ Items = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
 @pytest.fixture(scope="module")
 def items() -> Items:
     x = np.random.default_rng(1).normal(size=(8, 128, 16)).astype(np.float32)
-    return x, OnnxBackend(MODEL_FILE, device="cpu").run(x, np.ones((8, 128), dtype=bool))
+    out = OnnxBackend(MODEL_FILE, device="cpu").run(x, np.ones((8, 128), dtype=bool))
+    return x, (out["pooled"], out["weights"])
 
 
 def load(url: str, series: str, tmp_path: Path, x: np.ndarray, pid: int) -> hey.LoadResult:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.process import running_server
+from bench.process import running_server
 
 
 @contextmanager

@@ -4,9 +4,8 @@ dashboard and the alerts read is really there, with the right numbers."""
 from __future__ import annotations
 
 import math
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.metrics import LATENCY_BUCKETS
 from service.settings import Settings
 from tests.deploy import promql, tools
+from tests.deploy.prom import Prometheus, running_prometheus, wait_until
 from tests.service.server import free_port
 
 D = 16
@@ -28,39 +28,10 @@ MODEL = Settings.model_fields["default_model"].default  # what POST /pool serves
 MAY_BE_EMPTY = {"Firing alerts"}
 
 
-class Prometheus:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def api(self, path: str, **params: Any) -> Any:
-        response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", (params, body)
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
-        return result
-
-    def value(self, expr: str) -> float:
-        (sample,) = self.query(expr)
-        return float(sample["value"][1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def prometheus(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """Our prometheus.yml and alerts.yml, scraping and evaluating every second, with the
     replica found by DNS replaced by the one test server."""
-    binary = tools.executable("prometheus")
-    folder = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = yaml.safe_load((tools.DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
@@ -69,39 +40,8 @@ def prometheus(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         job.pop("dns_sd_configs", None)
         target = urlparse(server).netloc if job["job_name"] == "adapool" else f"127.0.0.1:{port}"
         job["static_configs"] = [{"targets": [target]}]
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, (folder / "prometheus.log").read_text()
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(ready)
-        yield Prometheus(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus"), port) as running:
+        yield running
 
 
 @dataclass

@@ -31,6 +31,9 @@ HOW = {
     "promtool": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "prometheus": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "nginx": "Debian package nginx-light: apt-get install nginx-light (.ci/run does)",
+    "kubectl": "kubectl with kustomize (the Google Cloud CLI's, preinstalled on these machines; "
+    "Debian 12's kubernetes-client 1.20 is too old)",
+    "k8s-schemas": "the shared folder ../shared/k8s-schemas/ beside the repository",
 }
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from export.defaults import main
 from export.repository import find_versions
+from modelrepo import read_manifest
 from models.checkpoint import BEST_FILE
 
 ROOT = Path(__file__).parents[2]
@@ -32,10 +33,9 @@ def test_defaults_train_export_and_are_idempotent(
     assert "tiny-adapool-ego/1: exported" in capsys.readouterr().out
     versions = find_versions(tmp_path / "repo")
     assert [(v.name, v.version) for v in versions] == [("tiny-adapool-ego", 1)]
-    manifest = versions[0].manifest()
-    assert manifest["metrics"]["k"] == 2 and manifest["command"].startswith(
-        "python -m export.defaults"
-    )
+    manifest = read_manifest(versions[0].manifest_file)
+    assert manifest.metrics is not None and manifest.metrics.k == 2
+    assert manifest.provenance.command.startswith("python -m export.defaults")
 
     assert main(args) == 0
     assert "tiny-adapool-ego/1: up to date" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from export.onnx_export import ExportWrapper
 from export.repository import RepositoryError, find_versions, sha256_file
 from export.rescore import main as rescore_main
 from export.verify import main as verify_main
+from modelrepo import NAMED
 from models import train as training
 from models.checkpoint import load_model, save_model
 from models.data.knn_centroid import generate
@@ -45,7 +46,6 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "residual": True,
         "values": "encoder",
     }
-    assert manifest["task"] == {"kind": "pool", "classes": None, "num_targets": None}
     assert (manifest["input_dim"], manifest["output_dim"], manifest["heads"]) == (16, 16, 4)
     assert manifest["opset"] >= 18
     assert manifest["sha256"]["model.onnx"] == sha256_file(
@@ -57,7 +57,13 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "checkpoint/model.safetensors",
     }
     assert manifest["training"]["model"]["depth"] == 2
-    assert manifest["signal_rule"] == SIGNAL_RULE == "head-mean weight >= max weight / 4"
+    assert manifest["signal_rule"] == {
+        "kind": "share_of_max",
+        "value": 0.25,
+        "definition": SIGNAL_RULE,
+    }
+    assert SIGNAL_RULE == "head-mean weight >= max weight / 4"
+    assert manifest["format"] == 2 and manifest["task"] == {"kind": "pool"}
     assert manifest["packages"]["torch"].startswith("2.13")
     assert manifest["export"]["parity_ok"] is True
     assert max(p["max_abs_diff_pooled"] for p in manifest["export"]["parity"]) < 1e-4
@@ -192,16 +198,17 @@ def test_rescore_restates_metrics_under_the_current_rule(repository: Path, tmp_p
     # As an export under an older rule would have written it (the fixture's runs have no metrics).
     model, config = load_model(repo / "adapool-mean" / "1" / "checkpoint")
     old = training.rescore_metrics(model, config, {})
-    old["weights"]["rule"] = "an older rule"
+    older = NAMED["uniform"]  # the project's rule before "quarter-max"
+    old["weights"]["rule"] = older.definition
     old["epochs"] = 7
-    manifest.update(signal_rule="an older rule", metrics=old)
+    manifest.update(signal_rule=older.to_dict(), metrics=old)
     manifest_file.write_text(json.dumps(manifest))
     assert rescore_main([str(repo)]) == 0
     new = json.loads(manifest_file.read_text())
-    assert new["signal_rule"] == SIGNAL_RULE == new["metrics"]["weights"]["rule"]
+    assert new["signal_rule"]["definition"] == SIGNAL_RULE == new["metrics"]["weights"]["rule"]
     assert new["metrics"]["signal_loss"] == old["signal_loss"]  # same model, same test split
     assert new["metrics"]["epochs"] == 7  # the training record is kept
-    assert new["rescored"][0]["previous_signal_rule"] == "an older rule"
+    assert new["rescored"][0]["previous_signal_rule"] == older.definition
     assert rescore_main([str(repo)]) == 0  # idempotent
     assert len(json.loads(manifest_file.read_text())["rescored"]) == 1
 
@@ -218,7 +225,7 @@ def test_head_models_export_their_outputs(repository: Path) -> None:
     ]
     assert classifier["outputs"][2]["shape"] == ["batch", 3]
     assert classifier["outputs"][3]["shape"] == ["batch", "tokens", 3]
-    assert classifier["task"] == {"kind": "classification", "classes": None, "num_targets": None}
+    assert classifier["task"] == {"kind": "classification", "classes": ["0", "1", "2"]}
     assert classifier["pooling"]["values"] == "inputs" and len(classifier["contribution_bias"]) == 3
     assert all(
         p["max_abs_diff_head"]["contributions"] < 1e-4 for p in classifier["export"]["parity"]
@@ -228,7 +235,7 @@ def test_head_models_export_their_outputs(repository: Path) -> None:
     assert '{ name: "contributions" data_type: TYPE_FP32 dims: [ -1, 3 ] }' in text
     regressor = json.loads((repository / "regressor" / "1" / "manifest.json").read_text())
     assert [o["name"] for o in regressor["outputs"]] == ["pooled", "weights", "prediction"]
-    assert regressor["task"] == {"kind": "regression", "classes": None, "num_targets": 2}
+    assert regressor["task"] == {"kind": "regression", "num_targets": 2}
     assert "contribution_bias" not in regressor
 
 

@@ -8,7 +8,7 @@ import pytest
 from models.data.knn_centroid import generate
 from models.metrics import trivial_baselines
 
-# Test MSE of the two trivial predictors, from the public plotting script (../shared/paper.md).
+# Test MSE of the two trivial predictors, from the paper's public plotting script.
 REFERENCE = {  # k: (predict mean of all 128, predict x_0)
     1: (0.0934, 0.0583),
     2: (0.0711, 0.0443),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import NAMED_RULES, PROJECT_RULE, SignalRule, auc
+from modelrepo.signal_rules import RuleError, SignalRule
+from models.metrics import NAMED_RULES, PROJECT_RULE, auc
 from models.task_metrics import classification_metrics, macro_f1, regression_metrics
 from models.weight_metrics import SNRBands, band_quality, choose_rule, instance_auc
 
@@ -95,7 +96,23 @@ def test_choose_rule_takes_the_best_candidate_and_the_first_on_ties() -> None:
 
 def test_rule_definitions_and_validation() -> None:
     assert NAMED_RULES["quarter-max"] is PROJECT_RULE
-    assert SignalRule("share_of_max", 0.3).definition == "head-mean weight >= 0.3 x max weight"
+    assert SignalRule("share_of_max", 0.3).definition == "head-mean weight >= max weight x 0.3"
     assert SignalRule("uniform_share", 2.0).definition == "head-mean weight > 2/n_real"
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(RuleError, match="needs a value"):
         SignalRule("mass", 1.5)
+    with pytest.raises(RuleError, match="largest_gap needs a value > 1"):
+        SignalRule("largest_gap", 1.0)
+
+
+def test_largest_gap_cuts_at_the_biggest_drop() -> None:
+    rule = SignalRule("largest_gap", 2.0)
+    w = np.array([[0.4, 0.35, 0.15, 0.05, 0.05, 0.9], [0.25] * 4 + [0, 0], [1.0] + [0] * 5])
+    mask = np.array([[1] * 5 + [0], [1] * 4 + [0] * 2, [1] + [0] * 5], bool)
+    # row 0: the drops are 1.14x, 2.3x, 3x, 1x: the largest (3x) is after the third token;
+    # row 1: uniform, no drop of 2x: every real token; row 2: one token. Padding never counts.
+    assert rule.select(w, mask).astype(int).tolist() == [
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+    ]
+    assert "largest drop" in rule.definition and "at least 2x" in rule.definition

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.process import ROOT
+from bench.process import ROOT
 
 REPOSITORY = ROOT / "model_repository"
 # Every model the tests name explicitly (never through the default model behind /pool).

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import orjson
 
-from service import process
+from bench import process
 from tests.reliability.common import MODELS, REPOSITORY, alone, manifest, rss_bytes
 
 FORMATS = ("json", "json_mask", "base64", "npy", "raw", "raw_f16")

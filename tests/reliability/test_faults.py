@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service import process
+from bench import process
 from tests.reliability.common import (
     REPOSITORY,
     assert_error,
@@ -152,9 +152,9 @@ def test_broken_models_at_start_up_are_reported_and_the_others_serve(tmp_path: P
     (copy_model("knn-cls", repo) / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
     (copy_model("knn-adapool-mean", repo) / "manifest.json").write_text('{"name": "trunc')
     broken = {
-        "knn-max": "model.onnx is missing",
-        "knn-cls": "InvalidProtobuf",
-        "knn-adapool-mean": "manifest.json: JSONDecodeError",
+        "knn-max": "model.onnx: is missing",
+        "knn-cls": "model.onnx: InvalidProtobuf",
+        "knn-adapool-mean": "manifest.json: field '(file)': is not valid JSON",
     }
     flags = ["--default-model", "knn-avg"]
     with process.running_server(repo, flags, wait_for="/health/live") as (url, _):

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import process
+from bench import process
 from tests.reliability.common import REPOSITORY, tool
 
 HOW = "PyPI schemathesis, in the dev extra: make setup"

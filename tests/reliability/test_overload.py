@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service import process
+from bench import process
 from tests.reliability.common import (
     REPOSITORY,
     assert_error,

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service import process
+from bench import process
 from service.app import create_app
 from service.settings import Settings
 from tests.reliability.common import REPOSITORY, assert_error, serves, tool, valid_body
@@ -84,7 +84,7 @@ async def call(
     c: httpx.AsyncClient, app: Any, method: str, path: str, headers: dict[str, Any]
 ) -> httpx.Response:
     """One request; a POST carries a valid body for the model its route names."""
-    model = "knn-avg" if path.startswith("/models/") else app.state.service.settings.default_model
+    model = "knn-avg" if path.startswith("/models/") else app.state.runtime.settings.default_model
     body = valid_body(model) if method == "POST" else None
     return await c.request(method, path, json=body, headers=headers)
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service import process
+from bench import process
 from tests.reliability.common import REPOSITORY, assert_error
 
 MODEL = "knn-avg"

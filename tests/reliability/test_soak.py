@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from service import process
+from bench import process
 from tests.reliability.common import MODELS, REPOSITORY
 from tests.reliability.soak import FORMATS, MiB, soak
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from service import process
+from bench import process
 
 ROOT = process.ROOT
 REPOSITORY = ROOT / "model_repository"

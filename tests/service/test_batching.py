@@ -9,8 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatchLimits, Job, merge, select_batch, split
-from service.errors import InferenceFailed, NotReady, Overloaded
+from service.core.batching import (
+    Arrays,
+    Batcher,
+    BatchLimits,
+    Job,
+    Outputs,
+    finite_rows,
+    merge,
+    select_batch,
+    split,
+)
+from service.errors import ClientGone, InferenceFailed, NotReady, Overloaded
 
 pytestmark = pytest.mark.anyio
 
@@ -63,11 +73,22 @@ def test_merge_and_split_are_exact() -> None:
     assert (x[0, 3:] == 0).all() and (x[2] == 7).all()
     pooled = np.arange(6, dtype=np.float32)[:, None].repeat(2, 1)
     weights = np.ones((6, 1, 7), dtype=np.float32)
-    parts = split(jobs, (pooled, weights))
-    assert [p.pooled.shape for p in parts] == [(2, 2), (1, 2), (3, 2)]
-    assert [p.weights.shape for p in parts] == [(2, 1, 3), (1, 1, 7), (3, 1, 1)]
-    assert parts[2].pooled[:, 0].tolist() == [3, 4, 5]
-    assert all(p.extra is None for p in parts)
+    contributions = np.ones((6, 7, 3), dtype=np.float32)  # a token axis in another place
+    arrays = {"pooled": pooled, "weights": weights, "contributions": contributions}
+    parts = split(jobs, Outputs(arrays, finite_rows(arrays)), {"weights": 2, "contributions": 1})
+    assert [p.arrays["pooled"].shape for p in parts] == [(2, 2), (1, 2), (3, 2)]
+    assert [p.arrays["weights"].shape for p in parts] == [(2, 1, 3), (1, 1, 7), (3, 1, 1)]
+    assert [p.arrays["contributions"].shape for p in parts] == [(2, 3, 3), (1, 7, 3), (3, 1, 3)]
+    assert parts[2].arrays["pooled"][:, 0].tolist() == [3, 4, 5]
+    assert all(p.extra is None and p.finite.all() for p in parts)
+
+
+def test_finite_rows_name_the_items_whose_outputs_overflowed() -> None:
+    pooled = np.ones((4, 2), dtype=np.float32)
+    weights = np.full((4, 1, 3), 1 / 3, dtype=np.float32)
+    pooled[1, 0] = np.nan
+    weights[3, 0, 2] = np.inf
+    assert finite_rows({"pooled": pooled, "weights": weights}).tolist() == [1, 0, 1, 0]
 
 
 @dataclass
@@ -83,21 +104,23 @@ class Numbered:
 def test_split_gives_each_job_its_rows_of_the_extra_result() -> None:
     jobs = [job(2, 3, 0.0), job(1, 7, 0.0), job(3, 1, 0.0)]
     _, mask = merge(jobs)
-    pooled, weights = fake_model(np.zeros((*mask.shape, 2), np.float32), mask)
-    parts = split(jobs, (pooled, weights, Numbered(np.arange(6))))
+    arrays = fake_model(np.zeros((*mask.shape, 2), np.float32), mask)
+    run = Outputs(arrays, finite_rows(arrays), Numbered(np.arange(6)))
+    parts = split(jobs, run, {"weights": 2})
     assert [p.extra.values.tolist() for p in parts if p.extra] == [[0, 1], [2], [3, 4, 5]]
 
 
-def fake_model(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fake_model(x: np.ndarray, mask: np.ndarray) -> Arrays:
     """pooled = masked mean; weights = uniform over real tokens; rows independent."""
     w = mask / mask.sum(1, keepdims=True)
-    return (w[..., None] * x).sum(1).astype(np.float32), w[:, None, :].astype(np.float32)
+    pooled = (w[..., None] * x).sum(1).astype(np.float32)
+    return {"pooled": pooled, "weights": w[:, None, :].astype(np.float32)}
 
 
 async def test_concurrent_requests_are_batched_and_split_back() -> None:
     runs: list[int] = []
 
-    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
         runs.append(x.shape[0])
         return fake_model(x, mask)
 
@@ -111,14 +134,14 @@ async def test_concurrent_requests_are_batched_and_split_back() -> None:
     await batcher.close()
     assert sum(runs) == 20 and len(runs) < 20  # merged into fewer runs
     for x, out in zip(inputs, results, strict=True):
-        np.testing.assert_allclose(out.pooled[0], x[0].mean(0), rtol=1e-5, atol=1e-6)
-        assert out.weights.shape == (1, 1, x.shape[1])
+        np.testing.assert_allclose(out.arrays["pooled"][0], x[0].mean(0), rtol=1e-5, atol=1e-6)
+        assert out.arrays["weights"].shape == (1, 1, x.shape[1])
 
 
 async def test_the_extra_result_is_made_in_the_worker_only_for_batches_that_want_it() -> None:
     threads: list[str] = []
 
-    def extra(weights: np.ndarray, mask: np.ndarray) -> Numbered:
+    def extra(outputs: Arrays, mask: np.ndarray) -> Numbered:
         threads.append(threading.current_thread().name)
         return Numbered(np.arange(len(mask)))
 
@@ -139,7 +162,7 @@ async def test_the_extra_result_is_made_in_the_worker_only_for_batches_that_want
 async def test_a_failed_run_fails_only_its_batch() -> None:
     calls = 0
 
-    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -156,20 +179,21 @@ async def test_a_failed_run_fails_only_its_batch() -> None:
     )
     await batcher.close()
     assert isinstance(first, InferenceFailed) and "RuntimeError: boom" in first.message
-    assert isinstance(second, tuple) and second[0].shape == (1, 2)
+    assert isinstance(second, Outputs) and second.arrays["pooled"].shape == (1, 2)
 
 
 async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -> None:
     gate = threading.Event()
     ran: list[int] = []
 
-    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
         gate.wait(5)
         ran.append(x.shape[0])
         return fake_model(x, mask)
 
-    drops: list[str] = []
-    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 2), on_drop=drops.append)
+    depths: list[int] = []
+    limits = BatchLimits(1, 10_000, 0.0, 2)
+    batcher = Batcher(run, limits, retry_after_seconds=7, on_depth=depths.append)
     batcher.start()
     x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
     running = asyncio.create_task(batcher.submit(x, mask))
@@ -180,15 +204,19 @@ async def test_full_queue_answers_overloaded_and_dropped_clients_are_skipped() -
 
     queued = [asyncio.create_task(batcher.submit(x, mask, gone)) for _ in range(2)]
     await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="queue is full") as refused:
+        batcher.admit()  # the check before a body is read: the same refusal as submit's
+    assert refused.value.headers == {"Retry-After": "7"}
     with pytest.raises(Overloaded, match="queue is full"):
         await batcher.submit(x, mask)
+    assert batcher.depth == 2 and depths[-1] == 2  # the batcher reports its own depth
     gate.set()
     await running
     results = await asyncio.gather(*queued, return_exceptions=True)
     await batcher.close()
     assert ran == [1]  # the two disconnected clients never reached the model
-    assert drops == ["queue_full", "client_gone", "client_gone"]
-    assert all(type(r).__name__ == "ClientGone" for r in results)
+    assert all(isinstance(r, ClientGone) for r in results)
+    assert depths[0] == 0 and depths[-1] == 0
 
 
 async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
@@ -196,7 +224,7 @@ async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
     result, and nothing is accepted afterwards."""
     gate = threading.Event()
 
-    def run(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
         gate.wait(5)
         return fake_model(x, mask)
 
@@ -211,7 +239,7 @@ async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
     with pytest.raises(NotReady):
         await batcher.submit(x, mask)
     gate.set()
-    assert (await running)[0].shape == (1, 2)
+    assert (await running).arrays["pooled"].shape == (1, 2)
     results = await asyncio.gather(*queued, return_exceptions=True)
     await batcher.close()
     assert all(isinstance(r, NotReady) for r in results)

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from service import codecs
+from service.api.options import Options, parse_options
+from service.codecs import npy as npy_codec
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 LIMITS = codecs.Limits(max_items=8, max_tokens_per_item=100, max_tokens_per_request=300)
@@ -86,7 +88,7 @@ def test_npy_header_is_read_as_numpy_reads_it(
     stream = io.BytesIO(body)
     np.lib.format.read_magic(stream)
     want_shape, want_fortran, want_dtype = np.lib.format.read_array_header_1_0(stream)
-    assert codecs._npy_header(body) == (want_shape, want_fortran, want_dtype, stream.tell())
+    assert npy_codec._npy_header(body) == (want_shape, want_fortran, want_dtype, stream.tell())
 
 
 def test_npy_headers_numpy_does_not_write_are_read_by_numpy(x: np.ndarray) -> None:
@@ -208,17 +210,15 @@ def test_raw_header_errors(x: np.ndarray) -> None:
 
 
 def test_options() -> None:
-    o = codecs.parse_options(
-        {"top_k": "3", "diagnostics": "false"}, {"return_weights": "heads"}, 10, 5
-    )
-    assert o == codecs.Options(return_weights="heads", diagnostics=False, top_k=3)
-    assert codecs.parse_options({}, {}, 10, 5) == codecs.Options("mean", True, 5)
+    o = parse_options({"top_k": "3", "diagnostics": "false"}, {"return_weights": "heads"}, 10, 5)
+    assert o == Options(return_weights="heads", diagnostics=False, top_k=3)
+    assert parse_options({}, {}, 10, 5) == Options("mean", True, 5)
     with pytest.raises(InvalidInput, match="return_weights"):
-        codecs.parse_options({"return_weights": "all"}, {}, 10, 5)
+        parse_options({"return_weights": "all"}, {}, 10, 5)
     with pytest.raises(InvalidInput, match=r"top_k: must be in \[0, 10\]"):
-        codecs.parse_options({"top_k": "11"}, {}, 10, 5)
+        parse_options({"top_k": "11"}, {}, 10, 5)
     with pytest.raises(InvalidInput, match="unknown keys"):
-        codecs.parse_options({}, {"topk": 1}, 10, 5)
+        parse_options({}, {"topk": 1}, 10, 5)
 
 
 ANSWERS = [
@@ -265,10 +265,10 @@ def test_json_values_must_be_numbers() -> None:
 
 def test_options_are_typed_in_a_body_and_unknown_query_keys_are_refused() -> None:
     with pytest.raises(InvalidInput, match=r"query: unknown keys \['topk'\]"):
-        codecs.parse_options({"topk": "3"}, {}, 10, 5)
+        parse_options({"topk": "3"}, {}, 10, 5)
     for body in ({"diagnostics": "false"}, {"top_k": True}, {"top_k": 2.5}, {"top_k": "3"}):
         with pytest.raises(InvalidInput):
-            codecs.parse_options({}, body, 10, 5)
+            parse_options({}, body, 10, 5)
     with pytest.raises(InvalidInput, match="diagnostics: must be true or false"):
-        codecs.parse_options({"diagnostics": "1"}, {}, 10, 5)
-    assert codecs.parse_options({"diagnostics": "False"}, {"top_k": 0}, 10, 5).top_k == 0
+        parse_options({"diagnostics": "1"}, {}, 10, 5)
+    assert parse_options({"diagnostics": "False"}, {"top_k": 0}, 10, 5).top_k == 0

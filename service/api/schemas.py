@@ -1,10 +1,11 @@
-"""What /docs and /openapi.json show: request formats, responses and every error.
+"""What /docs and /openapi.json show, and what the routes other than pool answer with.
 
-The handlers read the body themselves (orjson or raw bytes: validating nested float lists with
-pydantic costs seconds for a large batch) and answer with ready-made responses, so the request
-schemas are declared here by hand and the response models below only document: nothing is
-validated against them at run time. ``tests/reliability/test_fuzz.py`` holds the real server to
-them (schemathesis).
+The pool routes read the body themselves (orjson or raw bytes: validating nested float lists
+with pydantic costs seconds for a large batch) and write their answers with orjson from the
+core's own types (``ItemDiagnostics``), so their request schemas are declared here by hand and
+``PoolResponse`` only documents them. The other routes return the models below, and FastAPI
+validates what they send against them. ``tests/reliability/test_fuzz.py`` holds the real
+server to the whole document (schemathesis).
 """
 
 from __future__ import annotations
@@ -13,25 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-
-class TopToken(BaseModel):
-    token: int
-    weight: float
-
-
-class ItemDiagnostics(BaseModel):
-    entropy: float = Field(description="-sum w ln w over the real tokens (nats)")
-    normalized_entropy: float | None = Field(description="entropy / ln n; null for one token")
-    effective_tokens: float = Field(description="exp(entropy)")
-    max_weight: float
-    max_token: int
-    top_tokens: list[TopToken]
-    signal_tokens: list[int] = Field(description="tokens whose weight exceeds 1/n")
-    estimated_snr: float = Field(description="|signal_tokens| / n")
-    noise_mass: float = Field(description="weight outside the signal set")
+from service.core.diagnostics import ItemDiagnostics
+from service.core.models import ModelVersionInfo
 
 
 class PoolResponse(BaseModel):
+    """A JSON pool answer (documentation: the route writes it with orjson from the same types)."""
+
     model: str
     version: int
     provider: str = Field(description="the ONNX Runtime execution provider that ran the model")
@@ -69,23 +58,6 @@ class NotReadyBody(BaseModel):
     problems: list[str] = Field(description="one line per model version that is not ready")
 
 
-class ModelVersionInfo(BaseModel):
-    name: str
-    version: int
-    pooling: dict[str, Any] | None
-    input_dim: int | None
-    output_dim: int | None
-    heads: int | None
-    opset: int | None
-    signal_rule: str | None
-    provider: str | None = Field(description="the execution provider in use; null if not loaded")
-    providers: list[str]
-    ready: bool
-    error: str | None = Field(description="why this version failed to load")
-    metrics: dict[str, Any] | None = Field(description="the manifest's test metrics")
-    sha256: str | None = Field(description="of model.onnx, from the manifest")
-
-
 class ModelSummary(BaseModel):
     name: str
     versions: list[int]
@@ -108,7 +80,7 @@ class Info(BaseModel):
     device: str
     providers_in_use: dict[str, list[str]]
     default_model: str
-    signal_rule: str
+    signal_rule: str = Field(description="the default rule, for models that chose none")
     limits: dict[str, int]
     batching: dict[str, float]
     auth: bool
@@ -119,10 +91,11 @@ ERRORS: dict[int, str] = {
     400: "bad_request: the body is not JSON or not a .npy file at all",
     401: "unauthorized: an API key is set and Authorization: Bearer is missing or wrong",
     404: "not_found: unknown model or version",
-    406: "not_acceptable: Accept names none of JSON, .npy and .npz",
+    406: "not_acceptable: Accept leaves none of JSON, .npy and .npz (q-values count)",
     413: "payload_too_large: body, items or tokens over their limits",
     415: "unsupported_media_type: a Content-Type other than JSON, .npy and octet-stream",
-    422: "invalid_input: the content cannot be pooled, or an unknown option",
+    422: "invalid_input: the content cannot be pooled (or the model's outputs for it are not "
+    "finite), an unknown option, or a repeated query parameter",
     429: "overloaded: the model's queue is full; retry after Retry-After seconds",
     500: "inference_failed or internal_error: a failed model run or a bug (logged)",
     503: "not_ready: shutting down, or the model failed to load",

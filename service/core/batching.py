@@ -1,9 +1,9 @@
 """Dynamic batching: queued requests are merged into one model run and split back exactly.
 
 :func:`select_batch` is the policy, a pure function of the queue and the clock (tested with an
-injected clock). :class:`Batcher` drives it on the event loop: a bounded queue (429 when full),
-a deadline per batch, the model run in a worker thread, and per-batch failure that fails exactly
-that batch's requests.
+injected clock). :class:`Batcher` drives it on the event loop: a bounded queue (admission: 429
+when full), a deadline per batch, the model run in a worker thread, and per-batch failure that
+fails exactly that batch's requests.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import InferenceFailed, NotReady, Overloaded
+from service.errors import ClientGone, InferenceFailed, NotReady, Overloaded
 
 
 class Rows(Protocol):
@@ -28,20 +28,25 @@ class Rows(Protocol):
     def rows(self, index: slice) -> Rows: ...
 
 
-class Outputs(NamedTuple):
-    """What a run returns for its batch, and what each request gets back: its own rows."""
+Arrays = Mapping[str, NDArray[np.float32]]  # named outputs, batch first
 
-    pooled: NDArray[np.float32]  # (B, D)
-    weights: NDArray[np.float32]  # (B, H, N)
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a run returns for its batch, and what each request gets back: its own rows.
+
+    ``arrays`` holds every model output by name (``pooled`` (B, D), ``weights`` (B, H, N), ...),
+    each request's token axes trimmed to its own length. ``finite`` says per item whether all
+    its outputs are finite (a finite input can overflow inside a model).
+    """
+
+    arrays: Arrays
+    finite: NDArray[np.bool_]  # (B,)
     extra: Rows | None = None  # computed in the worker thread after the model run
 
 
-RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], tuple[Any, ...]]
-ExtraFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Rows]  # (weights, mask) -> rows
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request ran; it was dropped."""
+RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Arrays]
+ExtraFn = Callable[[Arrays, NDArray[np.bool_]], Rows]  # (outputs, mask) -> rows
 
 
 @dataclass(frozen=True)
@@ -116,17 +121,33 @@ def merge(batch: list[Job]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     return embeddings, mask
 
 
-def split(batch: list[Job], outputs: tuple[Any, ...]) -> list[Outputs]:
-    """Each job's own rows of pooled (B, D) and weights (B, H, N), the weights trimmed to its
-    length, and its rows of the extra result if the run gave one (left padded: it has a mask)."""
-    run = Outputs(*outputs)
+def split(batch: list[Job], run: Outputs, token_axes: Mapping[str, int]) -> list[Outputs]:
+    """Each job's own rows of every output, its token axes (``token_axes``: output name ->
+    axis) trimmed to its length, and its rows of ``finite`` and of the extra result, if the run
+    gave one (left padded: it has a mask)."""
     results, row = [], 0
     for job in batch:
         rows = slice(row, row + job.items)
+        arrays = {}
+        for name, array in run.arrays.items():
+            part = array[rows]
+            axis = token_axes.get(name)
+            if axis is not None:
+                index: list[slice] = [slice(None)] * part.ndim
+                index[axis] = slice(0, job.length)
+                part = part[tuple(index)]
+            arrays[name] = part
         extra = run.extra.rows(rows) if run.extra is not None else None
-        results.append(Outputs(run.pooled[rows], run.weights[rows, :, : job.length], extra))
+        results.append(Outputs(arrays, run.finite[rows], extra))
         row += job.items
     return results
+
+
+def finite_rows(arrays: Arrays) -> NDArray[np.bool_]:
+    """(B,) True where every output of the item is finite."""
+    rows = [np.isfinite(a).reshape(len(a), -1).all(axis=1) for a in arrays.values()]
+    finite: NDArray[np.bool_] = np.logical_and.reduce(rows)
+    return finite
 
 
 @dataclass
@@ -140,25 +161,38 @@ class BatchStats:
 
 
 class Batcher:
-    """Queues requests for one model version and runs them in merged batches."""
+    """Queues requests for one model version and runs them in merged batches.
+
+    Admission lives here (:meth:`admit`: one refusal, :class:`Overloaded` with its retry hint),
+    and so does the queue's depth, reported through ``on_depth`` whenever it changes. Errors
+    reach the caller as exceptions (a dropped client as :class:`ClientGone`); counting them is
+    the caller's business.
+    """
 
     def __init__(
         self,
         run: RunFn,
         limits: BatchLimits,
+        *,
+        token_axes: Mapping[str, int] | None = None,
+        retry_after_seconds: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[BatchStats, float], None] | None = None,
-        on_drop: Callable[[str], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         extra: ExtraFn | None = None,
     ) -> None:
-        """``extra``, if given, runs in the worker thread right after the model, on its weights
-        and the batch's mask, for batches with a job that asked for it (``wants_extra``)."""
+        """``token_axes``: which axis of which output is the token axis (trimmed per request;
+        default ``{"weights": 2}``). ``extra``, if given, runs in the worker thread right after
+        the model, on its outputs and the batch's mask, for batches with a job that asked for it
+        (``wants_extra``)."""
         self._run = run
         self._extra = extra
         self.limits = limits
+        self.token_axes = dict(token_axes if token_axes is not None else {"weights": 2})
+        self.retry_after_seconds = retry_after_seconds
         self._clock = clock
         self._on_batch = on_batch
-        self._on_drop = on_drop
+        self._on_depth = on_depth
         self._pending: list[Job] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
@@ -169,13 +203,16 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    @property
-    def full(self) -> bool:
-        """The queue holds ``max_queue`` requests: the next one would be refused."""
-        return len(self._pending) >= self.limits.max_queue
+    def admit(self) -> None:
+        """Raise if the next request would be refused: shutting down, or the queue is full."""
+        if self._closed:
+            raise NotReady("the server is shutting down")
+        if len(self._pending) >= self.limits.max_queue:
+            raise Overloaded(self.limits.max_queue, self.retry_after_seconds)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._depth_changed()
 
     async def close(self) -> None:
         """Stop taking work and fail what is still queued or running with 503.
@@ -189,7 +226,7 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._fail(self._pending, NotReady("the server is shutting down"))
-        self._pending.clear()
+        self._set_pending([])
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def refuse_all(self, error: Exception) -> int:
@@ -197,9 +234,18 @@ class Batcher:
         now still completes); returns how many were failed. Used at the end of a graceful
         shutdown, so that queued clients get an answer instead of a reset connection."""
         self._closed = True
-        jobs, self._pending = self._pending, []
+        jobs = self._pending
+        self._set_pending([])
         self._fail(jobs, error)
         return len(jobs)
+
+    def _set_pending(self, jobs: list[Job]) -> None:
+        self._pending = jobs
+        self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._pending))
 
     @staticmethod
     def _fail(jobs: list[Job], error: Exception) -> None:
@@ -214,20 +260,13 @@ class Batcher:
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
         wants_extra: bool = False,
     ) -> Outputs:
-        """Queue one request and wait for its outputs (pooled (b, D), weights (b, H, n), and its
-        rows of the extra result when ``wants_extra``)."""
-        if self._closed:
-            raise NotReady("the server is shutting down")
-        if self.full:
-            if self._on_drop:
-                self._on_drop("queue_full")
-            raise Overloaded(
-                f"the queue is full ({self.limits.max_queue} requests); retry later",
-                {"queue": self.limits.max_queue},
-            )
+        """Queue one request and wait for its outputs (its rows of every output, and of the
+        extra result when ``wants_extra``)."""
+        self.admit()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         job = Job(embeddings, attention_mask, self._clock(), future, is_disconnected, wants_extra)
         self._pending.append(job)
+        self._depth_changed()
         self._wake.set()
         return await future
 
@@ -245,7 +284,7 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             chosen = set(map(id, batch))
-            self._pending = [job for job in self._pending if id(job) not in chosen]
+            self._set_pending([job for job in self._pending if id(job) not in chosen])
             await self._execute(batch)
 
     async def _live(self, batch: list[Job]) -> list[Job]:
@@ -257,9 +296,7 @@ class Batcher:
             )
             if gone:
                 if not job.future.done():
-                    job.future.set_exception(ClientGone())
-                if self._on_drop:
-                    self._on_drop("client_gone")
+                    job.future.set_exception(ClientGone("the client left before its model run"))
             else:
                 live.append(job)
         return live
@@ -267,11 +304,11 @@ class Batcher:
     def _run_batch(
         self, embeddings: NDArray[np.float32], mask: NDArray[np.bool_], wanted: bool
     ) -> Outputs:
-        """In the worker thread: the model, then the extra result if a job wants it."""
-        outputs = Outputs(*self._run(embeddings, mask))
-        if wanted and self._extra is not None:
-            outputs = outputs._replace(extra=self._extra(outputs.weights, mask))
-        return outputs
+        """In the worker thread: the model, which rows are finite, then the extra result if a
+        job wants it."""
+        arrays = self._run(embeddings, mask)
+        extra = self._extra(arrays, mask) if wanted and self._extra is not None else None
+        return Outputs(arrays, finite_rows(arrays), extra)
 
     async def _execute(self, batch: list[Job]) -> None:
         """Run one batch. Whatever happens, every job of the batch ends resolved: a failure
@@ -312,6 +349,6 @@ class Batcher:
                 queue_seconds=[started - job.enqueued for job in batch],
             )
             self._on_batch(stats, seconds)
-        for job, result in zip(batch, split(batch, outputs), strict=True):
+        for job, result in zip(batch, split(batch, outputs, self.token_axes), strict=True):
             if not job.future.done():
                 job.future.set_result(result)

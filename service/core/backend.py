@@ -29,7 +29,7 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
 
 
 class OnnxBackend:
-    """Runs one model.onnx: ``run(embeddings, attention_mask) -> (pooled, weights)``."""
+    """Runs one model.onnx: ``run(embeddings, attention_mask) -> {output name: array}``."""
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class OnnxBackend:
         self.device = device
         self.requested = requested
         self.input_dim = int(self.session.get_inputs()[0].shape[2])
+        self.outputs: list[str] = [o.name for o in self.session.get_outputs()]
         self._io_binding = self.provider in (CUDA, TENSORRT)
 
     @property
@@ -69,25 +70,25 @@ class OnnxBackend:
 
     def run(
         self, embeddings: NDArray[np.float32], attention_mask: NDArray[np.bool_]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> pooled, weights."""
+    ) -> dict[str, NDArray[np.float32]]:
+        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> every output by name:
+        pooled (B, D_out), weights (B, H, N), and whatever else the graph returns."""
         feeds = {"embeddings": embeddings, "attention_mask": attention_mask}
         if not self._io_binding:
-            pooled, weights = self.session.run(["pooled", "weights"], feeds)
-            return pooled, weights
+            return dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
         # On a GPU, bind inputs from host memory and outputs on the device, copying once.
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        binding.bind_output("pooled", "cuda")
-        binding.bind_output("weights", "cuda")
+        for name in self.outputs:
+            binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
-        pooled, weights = binding.copy_outputs_to_cpu()
-        return pooled, weights
+        return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
     def warm_up(self) -> None:
         """A real forward pass on one token (also what readiness re-runs)."""
         x = np.zeros((1, 1, self.input_dim), dtype=np.float32)
-        pooled, weights = self.run(x, np.ones((1, 1), dtype=bool))
+        out = self.run(x, np.ones((1, 1), dtype=bool))
+        pooled, weights = out["pooled"], out["weights"]
         if not np.isfinite(pooled).all() or not np.allclose(weights.sum(-1), 1.0, atol=1e-4):
             raise RuntimeError("warm-up produced non-finite pooled vectors or bad weights")

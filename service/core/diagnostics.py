@@ -8,45 +8,56 @@ All figures come from the head-mean weights w_1..w_n over an item's n real token
   (1 for a single token, n for AvgPool). For a signal-optimal pool it equals k, the signal count.
 - ``max_weight`` and ``max_token``: the largest weight and its token index.
 - ``top_tokens``: the ``top_k`` tokens by weight, largest first.
-- ``signal_tokens``: the estimated signal set, by the training metrics' rule
-  (``SIGNAL_RULE``: head-mean weight >= the item's largest weight / 4; chosen by measurement
-  across SNR, see ``models.signature_study``).
+- ``signal_tokens``: the estimated signal set, by the model's own signal-set rule (its
+  manifest's ``signal_rule``; the project's default is head-mean weight >= the item's largest
+  weight / 4, chosen by measurement across SNR in ``models.signature_study``).
 - ``estimated_snr`` = |signal_tokens| / n, the paper's SNR k/N as the weights see it.
 - ``noise_mass`` = the weight on tokens outside the signal set (0 for a signal-optimal pool).
+
+:class:`ItemDiagnostics` is the one definition of an item's diagnostics: answers are built from
+it and the OpenAPI document describes it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from 3.12
 
-# The same rule as models.metrics.SIGNAL_RULE (a test proves the two agree).
-SIGNAL_RULE = "head-mean weight >= max weight / 4"
-SIGNAL_SHARE_OF_MAX = 0.25
+from modelrepo import DEFAULT_RULE, SignalRule
 
-
-def signal_set(weights: NDArray[np.floating]) -> NDArray[np.bool_]:
-    """weights (n,) over one item's real tokens -> (n,) bool estimated signal set."""
-    w = np.asarray(weights)
-    estimated: NDArray[np.bool_] = w >= SIGNAL_SHARE_OF_MAX * w.max()
-    return estimated
+SIGNAL_RULE = DEFAULT_RULE.definition  # for models whose manifest chose no rule of their own
 
 
-@dataclass(frozen=True)
-class Diagnostics:
-    entropy: float
-    normalized_entropy: float | None
-    effective_tokens: float
+class TopToken(TypedDict):
+    token: Annotated[int, Field(description="the token's position in the item")]
+    weight: Annotated[float, Field(description="its head-mean pooling weight")]
+
+
+class ItemDiagnostics(TypedDict):
+    """What the pooling weights say about one item (module docstring: the definitions).
+
+    A TypedDict: built as a plain dict for each item of each answer (what orjson writes
+    fastest), typed for mypy, and described in the OpenAPI document from this one definition.
+    """
+
+    entropy: Annotated[float, Field(description="-sum w ln w over the real tokens (nats)")]
+    normalized_entropy: Annotated[
+        float | None, Field(description="entropy / ln n in [0, 1]; null for one token")
+    ]
+    effective_tokens: Annotated[float, Field(description="exp(entropy)")]
     max_weight: float
     max_token: int
-    top_tokens: list[tuple[int, float]]
-    signal_tokens: list[int]
-    estimated_snr: float
-    noise_mass: float
+    top_tokens: list[TopToken]
+    signal_tokens: Annotated[
+        list[int], Field(description="the estimated signal set, by the model's signal_rule")
+    ]
+    estimated_snr: Annotated[float, Field(description="|signal_tokens| / n")]
+    noise_mass: Annotated[float, Field(description="weight outside the signal set")]
 
 
 class Summary(NamedTuple):
@@ -71,13 +82,16 @@ class Summary(NamedTuple):
         return Summary._make(a[index] for a in self)
 
 
-def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary:
+def summarise(
+    weights: NDArray[np.floating], mask: NDArray[np.bool_], rule: SignalRule = DEFAULT_RULE
+) -> Summary:
     """Diagnostics arrays of a batch, vectorised over it.
 
     Args:
         weights: (B, H, N) per-head or (B, N) head-mean pooling weights; each row's real tokens
             sum to 1.
         mask: (B, N) True on real tokens (every row has at least one).
+        rule: the model's signal-set rule.
     """
     weights = np.asarray(weights)
     mean = weights.mean(axis=1) if weights.ndim == 3 else weights
@@ -90,7 +104,7 @@ def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary
     # Masked tokens sort last; among equal weights the lower index comes first (stable sort).
     order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
     ranked = np.take_along_axis(w, order, axis=1)
-    signal = mask & (w >= SIGNAL_SHARE_OF_MAX * ranked[:, :1])
+    signal = rule.select(w, mask)
     noise_mass = np.where(signal, 0.0, w).sum(axis=1)
     snr = signal.sum(axis=1) / n
     return Summary(
@@ -106,14 +120,14 @@ def summarise(weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> Summary
     )
 
 
-def describe(summary: Summary, top_k: int) -> list[dict[str, Any]]:
-    """One JSON-ready dict per item of ``summary`` (``top_k`` top tokens each, fewer if the item
-    has fewer real tokens). Token indices are positions in the item (a token hidden by the mask
-    is never listed), so they stay right when a mask has holes."""
+def describe(summary: Summary, top_k: int) -> list[ItemDiagnostics]:
+    """Each item of ``summary`` (``top_k`` top tokens each, fewer if the item has fewer real
+    tokens). Token indices are positions in the item (a token hidden by the mask is never
+    listed), so they stay right when a mask has holes."""
     s = summary
     keep = max(1, top_k)  # the max token is always given
     orders, ranked = s.order[:, :keep].tolist(), s.ranked[:, :keep].tolist()
-    out = []
+    out: list[ItemDiagnostics] = []
     for i, (count, ent, norm, snr, noise) in enumerate(
         zip(
             s.n.tolist(),
@@ -145,36 +159,15 @@ def describe(summary: Summary, top_k: int) -> list[dict[str, Any]]:
     return out
 
 
-def diagnose_batch(
-    weights: NDArray[np.floating], mask: NDArray[np.bool_], top_k: int
-) -> list[dict[str, Any]]:
-    """Diagnostics of every item of a batch: :func:`describe` of :func:`summarise`.
-
-    Args:
-        weights: (B, N) head-mean pooling weights; each row's real tokens sum to 1.
-        mask: (B, N) True on real tokens (every row has at least one).
-        top_k: how many top tokens to list per item (fewer if it has fewer real tokens).
-    """
-    return describe(summarise(weights, mask), top_k)
-
-
-def diagnose(weights: NDArray[np.floating], top_k: int) -> Diagnostics:
+def diagnose(
+    weights: NDArray[np.floating], top_k: int, rule: SignalRule = DEFAULT_RULE
+) -> ItemDiagnostics:
     """Diagnostics for one item.
 
     Args:
         weights: (n,) head-mean pooling weights over the item's real tokens, summing to 1.
         top_k: how many top tokens to list (fewer if n is smaller).
+        rule: the model's signal-set rule.
     """
     w = np.asarray(weights, dtype=np.float64)[None, :]
-    d = diagnose_batch(w, np.ones(w.shape, dtype=bool), top_k)[0]
-    return Diagnostics(
-        entropy=d["entropy"],
-        normalized_entropy=d["normalized_entropy"],
-        effective_tokens=d["effective_tokens"],
-        max_weight=d["max_weight"],
-        max_token=d["max_token"],
-        top_tokens=[(t["token"], t["weight"]) for t in d["top_tokens"]],
-        signal_tokens=d["signal_tokens"],
-        estimated_snr=d["estimated_snr"],
-        noise_mass=d["noise_mass"],
-    )
+    return describe(summarise(w, np.ones(w.shape, dtype=bool), rule), top_k)[0]

@@ -1,0 +1,53 @@
+"""A pool request's answer in the negotiated format: JSON (orjson, with the weights and the
+diagnostics asked for), ``.npy`` (pooled) or ``.npz`` (pooled, weights, lengths, mask)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from starlette.responses import Response
+
+from service import codecs
+from service.api.negotiation import JSON, NPY, NPZ
+from service.api.options import Options
+from service.core.calls import PoolResult
+
+
+def encode(result: PoolResult, media: str, options: Options, request_id: str) -> Response:
+    served = result.served
+    headers = {
+        "X-Model": served.name,
+        "X-Model-Version": str(served.version),
+        "X-Provider": served.provider,
+    }
+    pooled, weights = result.outputs["pooled"], result.outputs["weights"]
+    if media == NPY:
+        return Response(codecs.encode_npy(pooled), media_type=NPY, headers=headers)
+    if media == NPZ:
+        arrays: dict[str, NDArray[Any]] = {
+            "pooled": pooled,
+            "weights": weights,
+            "lengths": result.batch.lengths,
+            "attention_mask": result.batch.attention_mask,
+        }
+        return Response(codecs.encode_npz(arrays), media_type=NPZ, headers=headers)
+    answer: dict[str, Any] = {
+        "model": served.name,
+        "version": served.version,
+        "provider": served.provider,
+        "pooled": pooled,
+    }
+    lengths = result.batch.lengths.tolist()
+    if options.return_weights == "mean":
+        mean = result.mean_weights
+        answer["weights"] = [mean[i, :n] for i, n in enumerate(lengths)]
+    elif options.return_weights == "heads":
+        answer["weights"] = [np.ascontiguousarray(weights[i, :, :n]) for i, n in enumerate(lengths)]
+    if result.diagnostics is not None:
+        answer["diagnostics"] = result.diagnostics
+    answer["request_id"] = request_id
+    body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type=JSON, headers=headers)

@@ -1,0 +1,90 @@
+"""The request context, plain ASGI middleware: a request id on every response, request metrics,
+and the JSON 500 for a bug."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import InternalError, error_response
+from service.metrics import Metrics
+
+REQUEST_ID_HEADER = "x-request-id"
+log = logging.getLogger("adapool.service")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContext:
+    """Assigns a request id (the client's X-Request-Id if it is safe, else a new one), echoes it
+    in the response, and counts requests by model, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        scope["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+        first = True
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, first
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                if first:
+                    first = False
+                    self._observe(scope, status, time.perf_counter() - started)
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            pass  # the client left mid-upload: nothing to answer; counted as 499 below
+        except Exception:
+            # A bug: answer with the one JSON error body (and the request id), log the trace.
+            log.exception("request %s: internal error", rid)
+            if not first:
+                raise
+            await error_response(InternalError(), rid)(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            if first:  # no response was started (the client left): still count it
+                self._observe(scope, 499, time.perf_counter() - started)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = _route_template(scope)
+        state: dict[str, Any] = scope.get("state") or {}
+        model = str(state.get("model", ""))
+        self.metrics.requests.labels(model, route, str(status)).inc()
+        self.metrics.request_duration.labels(model, route).observe(seconds)
+
+
+def _route_template(scope: Scope) -> str:
+    matched = scope.get("route")  # set by the router on a match (an API route has methods)
+    methods = getattr(matched, "methods", None)
+    if matched is not None and methods and scope.get("method") in methods:
+        return str(matched.path)
+    app = scope.get("app")  # a partial match (405), or a route without methods: search
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", []):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "other"
