@@ -155,9 +155,9 @@ def _train_and_export(name: str, version: int, run: Run, repository: Path, comma
         print(f"{name}/{version}: up to date")
         return 0
     metrics = read_json(run.out / "metrics.json")
-    recorded = metrics["weights"]["rule"]
+    recorded = (metrics.get("weights") or {}).get("rule")
     own_rule = isinstance(metrics.get("signal_rule"), dict)  # chosen on its validation split
-    if recorded != SIGNAL_RULE and not own_rule:
+    if recorded is not None and recorded != SIGNAL_RULE and not own_rule:
         print(
             f"rescoring {run.out}: its metrics used '{recorded}', the project's rule is now "
             f"'{SIGNAL_RULE}'",
