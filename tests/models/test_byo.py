@@ -43,11 +43,7 @@ def test_the_documented_commands_train_export_and_verify(tmp_path: Path) -> None
     assert "test accuracy" in outputs[0] and "exported my-model/1" in outputs[1]
     assert "1 of 1 model versions passed" in outputs[2]
     manifest = json.loads((tmp_path / "model_repository/my-model/1/manifest.json").read_text())
-    assert manifest["task"] == {
-        "kind": "classification",
-        "classes": ["no", "yes"],
-        "num_targets": None,
-    }
+    assert manifest["task"] == {"kind": "classification", "classes": ["no", "yes"]}
     assert [o["name"] for o in manifest["outputs"]] == [
         "pooled",
         "weights",
