@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from service.metrics import Metrics
-from service.settings import Settings
 from service.server import ANSWER_SECONDS
+from service.settings import Settings
 from tests.deploy import kube, tools
 from tests.deploy.test_dockerfiles import stages
 

@@ -39,7 +39,7 @@ def lists_body(items: int, tokens: int) -> tuple[bytes, np.ndarray]:
 
 
 async def test_a_large_json_list_body_is_parsed_in_a_worker_process() -> None:
-    body, x = lists_body(8, 1024)  # 131,072 values: over the 65,536 that go to a worker
+    body, _ = lists_body(8, 1024)  # 131,072 values: over the 65,536 that go to a worker
     async with client(json_decode_processes=1) as (c, app):
         in_worker = await c.post("/pool", content=body)
         workers = app.state.decoders._pool
