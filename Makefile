@@ -8,7 +8,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench compare
+.PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
+	compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -18,12 +19,18 @@ help:  ## list the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.serve.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+# The Python client (client/, its own package) goes into every environment, so that the
+# README's client examples run from .venv after `make run`.
+CLIENT := $(PIP) install --quiet -c $(CONSTRAINTS) -e ./client
+
+$(VENV)/.serve.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve]'
+	$(CLIENT)
 	@touch $@
 
-$(VENV)/.dev.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+$(VENV)/.dev.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev]'
+	$(CLIENT)
 	@touch $@ $(VENV)/.serve.stamp
 
 setup-serve: $(VENV)/.serve.stamp  ## install the serving environment (no torch)
@@ -51,8 +58,9 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
 
-$(VENV)/.bench.stamp: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+$(VENV)/.bench.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev,bench]'
+	$(CLIENT)
 	@touch $@ $(VENV)/.dev.stamp $(VENV)/.serve.stamp
 
 compare: $(VENV)/.bench.stamp  ## our server against naive FastAPI, LitServe and Triton, with a py-spy profile (needs hey)
@@ -61,10 +69,10 @@ compare: $(VENV)/.bench.stamp  ## our server against naive FastAPI, LitServe and
 verify: setup  ## check every model in model_repository/ (integrity, signature, ONNX Runtime vs PyTorch)
 	$(BIN)/python -m export.verify model_repository
 
-lint: setup  ## ruff check, ruff format --check, mypy --strict
+lint: setup  ## ruff check, ruff format --check, mypy --strict (the client included)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy modelrepo models export service bench
+	$(BIN)/mypy modelrepo models export service bench client/src/adapool_client
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
@@ -75,5 +83,50 @@ lock: setup  ## rewrite constraints.txt from the current .venv
 	  $(PIP) freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
-clean:  ## remove .venv and caches
+clean:  ## remove .venv, caches and the downloaded wheels
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -f $(WHEELHOUSE)/*.whl $(WHEELHOUSE)/SHA256SUMS
+
+# The CPU image, built with no network inside the build (README.md, "Build the image offline").
+# ENGINE: podman or Docker, whichever is installed (podman first), with any global flags
+# (ENGINE="podman --runtime runc"); IMAGE_BUILD_FLAGS: more build flags (--ulimit ...);
+# PYTHON_IMAGE: the base image (the Dockerfile's default, python:3.11-slim-bookworm, if empty).
+ENGINE ?= $(firstword $(foreach e,podman docker,$(if $(shell command -v $(e) 2>/dev/null),$(e))))
+IMAGE ?= adapool-serve:cpu
+PYTHON_IMAGE ?=
+IMAGE_BUILD_FLAGS ?=
+BASE_IMAGE ?= localhost/debian-python:bookworm
+WHEELHOUSE := docker/wheelhouse
+# The wheels are for the image, not for this host: CPython 3.11 on Linux with glibc <= 2.36
+# (Debian 12, the base of python:3.11-slim-bookworm), on IMAGE_ARCH.
+IMAGE_ARCH ?= x86_64
+IMAGE_GLIBC_MINOR ?= 36
+WHEEL_PLATFORMS := manylinux1 manylinux2010 manylinux2014 \
+	$(foreach m,$(shell seq 5 $(IMAGE_GLIBC_MINOR)),manylinux_2_$(m))
+PIP_VERSION = $(shell sed -n 's/^ARG PIP_VERSION=//p' docker/Dockerfile)
+BUILD_REQUIRES = $(shell sed -n 's/^requires = \[\(.*\)\]$$/\1/p' pyproject.toml | tr ',' ' ')
+
+$(WHEELHOUSE)/SHA256SUMS: pyproject.toml $(CONSTRAINTS) docker/Dockerfile | $(BIN)/python
+	rm -f $(WHEELHOUSE)/*.whl $@
+	$(PIP) download --quiet --dest $(WHEELHOUSE) --only-binary=:all: \
+	    --implementation cp --python-version 3.11 --abi cp311 \
+	    $(foreach p,$(WHEEL_PLATFORMS),--platform $(p)_$(IMAGE_ARCH)) \
+	    -c $(CONSTRAINTS) '.[serve]' 'pip==$(PIP_VERSION)' $(BUILD_REQUIRES)
+	cd $(WHEELHOUSE) && sha256sum *.whl > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS
+
+wheelhouse: $(WHEELHOUSE)/SHA256SUMS  ## download the image's wheels into docker/wheelhouse/ (needs PyPI)
+
+image: $(WHEELHOUSE)/SHA256SUMS  ## build the CPU image (IMAGE=adapool-serve:cpu) with no network inside the build
+	@test -n "$(ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 1; }
+	$(ENGINE) build --network none $(if $(findstring podman,$(ENGINE)),--format docker) \
+	    $(IMAGE_BUILD_FLAGS) --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse \
+	    $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	    -f docker/Dockerfile -t $(IMAGE) .
+
+base-image:  ## make BASE_IMAGE (Debian 12 + Python 3.11) from Debian's packages: mmdebstrap, as root
+	@test -n "$(ENGINE)" || { echo "make base-image: neither podman nor docker is installed" >&2; exit 1; }
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	    && mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python-is-python3 \
+	        $(foreach d,man locale doc info,--dpkgopt='path-exclude=/usr/share/$(d)/*') \
+	        --dpkgopt='path-include=/usr/share/doc/*/copyright' bookworm "$$tmp/base.tar" \
+	    && $(ENGINE) import --change 'CMD ["python3"]' "$$tmp/base.tar" $(BASE_IMAGE)

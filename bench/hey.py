@@ -142,6 +142,15 @@ def version() -> str:
         return path
 
 
+def missing() -> str | None:
+    """Why hey cannot run here, or None when it can."""
+    try:
+        version()
+    except LoadGeneratorMissing as exc:
+        return str(exc)
+    return None
+
+
 def _command(
     url: str,
     body: Path,

@@ -14,7 +14,10 @@ In one run, on this machine:
    (JSON lists, JSON base64, .npy, raw bytes) at concurrency 1 and 32, [8, 128, D] requests.
 4. Dynamic batching: single-item requests at concurrency 32 against the default server and
    against one started with ``--max-batch-size 1``.
-5. Prints the figures and the issue's target ratios, and writes ``serve.json`` and ``serve.md``.
+5. The Python client (``bench/client.py``): its ``pool`` and ``pool_many`` beside hey on the same
+   [8, 128, 16] requests to the default model, as the client sends them (``.npy`` in, ``.npz``
+   out), and the client's CPU time per request: its own overhead.
+6. Prints the figures and the issue's target ratios, and writes ``serve.json`` and ``serve.md``.
 
 Every figure comes from this run; nothing is compared across runs. The load generator shares the
 machine's cores with the server, as a client on the same host would.
@@ -46,6 +49,7 @@ import onnxruntime as ort
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import client as client_bench
 from bench import hey
 from bench.process import ROOT, running_server
 from service.settings import Settings
@@ -61,15 +65,16 @@ ITEMS = 8
 # --- the benchmark repository ------------------------------------------------------------------
 
 
-def prepare_repository(root: Path) -> Path:
-    """``root/model_repository`` with the default model and the wide model (exported once)."""
+def prepare_repository(root: Path, wide: bool = True) -> Path:
+    """``root/model_repository`` with the default model and the wide model (exported once,
+    unless ``wide`` is false)."""
     repository = root / "model_repository"
     repository.mkdir(parents=True, exist_ok=True)
     default_dir = repository / DEFAULT_MODEL
     if default_dir.exists():
         shutil.rmtree(default_dir)
     shutil.copytree(ROOT / "model_repository" / DEFAULT_MODEL, default_dir)
-    if not (repository / WIDE_MODEL / "1" / "manifest.json").exists():
+    if wide and not (repository / WIDE_MODEL / "1" / "manifest.json").exists():
         export_wide_model(root / "runs" / WIDE_MODEL, repository)
     return repository
 
@@ -407,6 +412,8 @@ def markdown(results: dict[str, Any]) -> str:
             r = cells["1"]
             stages = " | ".join(f"{r['stage_ms'][s]:.2f}" for s in STAGES)
             lines.append(f"| {fmt} | {stages} | {r['p50_ms']:.1f} |")
+    if "client" in results:
+        lines += client_bench.markdown(results["client"])
     lines += ["", "Targets:", "", "| target | measured | met | in this run |", "|---|---:|---|---|"]
     for t in results["targets"]:
         met = "yes" if t["met"] else "no"
@@ -433,10 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         "--server-args", default="", help='extra flags for both servers, e.g. "--max-wait-ms 0"'
     )
     args = parser.parse_args(argv)
-    try:
-        hey.version()
-    except hey.LoadGeneratorMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (problem := hey.missing()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
 
     models = [DEFAULT_MODEL] if args.quick else [DEFAULT_MODEL, WIDE_MODEL]
@@ -489,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         npy8 = [(DEFAULT_MODEL, "npy", ITEMS, c) for c in concurrencies]
         settings = {name: cells(extra, npy8) for name, extra in variants.items()}
+    with running_server(repository, flags) as (url, _):
+        results["client"] = client_bench.measure(
+            url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup, 32, args.repeats
+        )
+        print(f"client: {results['client']}", flush=True)
 
     results["serve"] = {m: {f: {} for f in formats} for m in models}
     for (m, f, _, c), r in zip(grid, measured, strict=False):

@@ -1,60 +1,69 @@
-"""Call a running AdaPool Serve (make run) in every request format, with httpx and numpy only.
+"""A tour of the Python client (adapool_client) against a running AdaPool Serve (make run).
 
 .venv/bin/python examples/client.py [http://127.0.0.1:8000]
 """
 
 from __future__ import annotations
 
-import base64
-import io
+import asyncio
 import sys
 
-import httpx
 import numpy as np
+from adapool_client import AsyncClient, Client, InvalidInputError
 
 url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
 rng = np.random.default_rng(0)
-a = rng.standard_normal((128, 16)).astype(np.float32)  # one item: 128 tokens of dim 16
-b = rng.standard_normal((40, 16)).astype(np.float32)  # another: 40 tokens
+a = rng.standard_normal((128, 16), dtype=np.float32)  # one set: 128 tokens of dim 16
+b = rng.standard_normal((40, 16), dtype=np.float32)  # another: 40 tokens
 
-# 1. JSON lists; items may have different token counts.
-r = httpx.post(f"{url}/pool", json={"embeddings": [a.tolist(), b.tolist()]})
-print("json  ", r.status_code, r.json()["pooled"][1][:3])
+with Client(url) as client:
+    models = client.models()
+    print("models ", models.default, "(default) of", len(models.names))
 
-# 2. JSON with base64: one padded [B, N, D] array plus each item's length.
-x = np.zeros((2, 128, 16), dtype=np.float32)
-x[0], x[1, :40] = a, b
-body = {
-    "embeddings_b64": base64.b64encode(x.tobytes()).decode(),
-    "shape": [2, 128, 16],
-    "dtype": "float32",
-    "lengths": [128, 40],
-}
-print("base64", httpx.post(f"{url}/pool", json=body).json()["pooled"][1][:3])
+    # Ragged sets in, .npy up, .npz back: pooled vectors and per-item head-mean weights.
+    result = client.pool([a, b])
+    assert result.weights is not None
+    print("pool   ", result.model, result.version, result.pooled.shape, result.provider)
+    print(
+        "       ",
+        "weights",
+        [w.shape for w in result.weights],
+        "sum",
+        round(float(result.weights[1].sum()), 4),
+    )
 
-# 3a. A .npy body; lengths in a header (or ?lengths=128,40).
-buffer = io.BytesIO()
-np.save(buffer, x)
-r = httpx.post(
-    f"{url}/pool",
-    content=buffer.getvalue(),
-    headers={"Content-Type": "application/x-npy", "X-Lengths": "128,40"},
-)
-print("npy   ", r.json()["pooled"][1][:3])
+    # The same as one padded [B, N, D] array with lengths, per-head weights.
+    x = np.zeros((2, 128, 16), dtype=np.float32)
+    x[0], x[1, :40] = a, b
+    heads = client.pool(x, lengths=[128, 40], weights="heads")
+    assert heads.weights is not None
+    print("padded ", np.abs(heads.pooled - result.pooled).max() < 1e-5, heads.weights[1].shape)
 
-# 3b. Raw little-endian bytes, shape and dtype in headers; ask for a binary answer.
-r = httpx.post(
-    f"{url}/pool",
-    content=x.tobytes(),
-    headers={
-        "Content-Type": "application/octet-stream",
-        "X-Shape": "2,128,16",
-        "X-Dtype": "float32",
-        "X-Lengths": "128,40",
-        "Accept": "application/x-npz",
-    },
-)
-arrays = np.load(io.BytesIO(r.content))
-print(
-    "raw   ", arrays["pooled"][1][:3], "weights", arrays["weights"].shape, r.headers["x-provider"]
-)
+    # Diagnostics come in the JSON answer: which tokens the pool relied on.
+    d = client.pool([b], diagnostics=True, top_k=3).diagnostics
+    assert d is not None
+    print("diag   ", [t.token for t in d[0].top_tokens], "signal", list(d[0].signal_tokens))
+    print("        effective_tokens", round(d[0].effective_tokens, 2), "of", len(b))
+
+    # A data set, streamed: requests of up to 32 sets, 4 in flight, results in input order.
+    sets = (rng.standard_normal((int(n), 16)) for n in rng.integers(1, 200, size=1000))
+    pooled = np.stack([item.pooled for item in client.pool_many(sets, batch_size=32)])
+    print("many   ", pooled.shape)
+
+    # Errors name the field and the item.
+    bad = b.copy()
+    bad[3, 0] = np.nan
+    try:
+        client.pool([a, bad])
+    except InvalidInputError as exc:
+        print("error  ", exc.status, exc.type, exc.field, exc.item, exc.message)
+
+
+async def main() -> None:
+    """The same methods on asyncio: 16 calls in flight on one connection pool."""
+    async with AsyncClient(url) as client:
+        results = await asyncio.gather(*(client.pool([a[:n]]) for n in range(1, 17)))
+        print("async  ", len(results), "results", results[-1].pooled.shape)
+
+
+asyncio.run(main())

@@ -5,15 +5,17 @@
         [--tokens 64] [--signal 8 16 32] [--seed 11] [--model NAME]
 
 For each signal count k, one sample of n tokens is drawn from the Signature task's generator
-(held-out seed), POSTed as JSON lists to the default model (or ``--model``), and the returned
-``signal_tokens`` are compared with the tokens that really carry the signal.
+(held-out seed), pooled by the default model (or ``--model``) with the Python client
+(adapool_client), and the returned ``signal_tokens`` are compared with the tokens that really
+carry the signal. The generator lives in ``models/``, which needs the training extra
+(``make setup``; ``make run`` alone installs no torch).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import httpx
+from adapool_client import Client
 
 from models.data import signature
 
@@ -26,22 +28,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--model", help="a model name (default: the service's default model)")
     args = parser.parse_args()
+    client = Client(args.url)
     for k in args.signal:
         data = signature.generate(
             1, args.seed, num_vectors=args.tokens, min_vectors=args.tokens, signal_tokens=k
         )
         truth = set(data.signal_mask[0].nonzero()[0].tolist())
-        route = f"/models/{args.model}/pool" if args.model else "/pool"
-        r = httpx.post(args.url + route, json={"embeddings": data.x.tolist()}, timeout=30)
-        r.raise_for_status()
-        body = r.json()
-        d = body["diagnostics"][0]
-        found = set(d["signal_tokens"])
+        result = client.pool(data.x, model=args.model, diagnostics=True)
+        assert result.diagnostics is not None
+        d = result.diagnostics[0]
+        found = set(d.signal_tokens)
         hits = len(found & truth)
         print(
-            f"{body['model']}/{body['version']}  n={args.tokens} k={k} (SNR {k / args.tokens:.3g}):"
-            f" estimated_snr {d['estimated_snr']:.3f}, effective_tokens"
-            f" {d['effective_tokens']:.1f}, noise_mass {d['noise_mass']:.3f}"
+            f"{result.model}/{result.version}  n={args.tokens} k={k} (SNR {k / args.tokens:.3g}):"
+            f" estimated_snr {d.estimated_snr:.3f}, effective_tokens"
+            f" {d.effective_tokens:.1f}, noise_mass {d.noise_mass:.3f}"
         )
         print(
             f"  true signal tokens   {sorted(truth)}\n  estimated signal set {sorted(found)}\n"

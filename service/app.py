@@ -2,8 +2,9 @@
 the core.
 
 The core (:class:`~service.core.runtime.Runtime`, on ``app.state.runtime``) loads every model
-version, warms it up and starts its batcher when the lifespan starts; the routes
-(:mod:`service.api`) translate HTTP requests into core calls. Nothing is loaded at import time.
+version, warms it up and starts its batcher when the lifespan starts; two front-ends translate
+HTTP requests into core calls: the /pool API (:mod:`service.api`) and the KServe v2 protocol
+(:mod:`service.v2`). Nothing is loaded at import time.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from importlib import metadata
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service.api import document_auth, include_routes
+from service.api import HOT, ROUTERS, document_auth, include_routes
 from service.api.bodies import Decoders
 from service.api.context import RequestContext
 from service.api.errors import install_handlers
 from service.core.runtime import Runtime
 from service.metrics import Metrics
 from service.settings import Settings
+from service.v2 import rest as v2_rest
+from service.v2.grpc import GrpcServer
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -30,12 +33,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     runtime = Runtime(settings, metrics)
     decoders = Decoders(settings)
 
+    grpc = GrpcServer(runtime) if settings.grpc_port is not None else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if grpc is not None:
+            await grpc.start()
         try:
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop(settings.shutdown_timeout_seconds)
             await runtime.stop()
             await decoders.stop()
 
@@ -47,8 +56,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     app.state.runtime = runtime
     app.state.decoders = decoders
+    app.state.grpc = grpc
     app.add_middleware(RequestContext, metrics=metrics)
-    install_handlers(app)
-    include_routes(app)
+    install_handlers(app, {"/v2": v2_rest.error_response})
+    include_routes(app, [*HOT, v2_rest.infer_router], [*ROUTERS, v2_rest.router])
     document_auth(app, settings)
     return app

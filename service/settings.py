@@ -18,6 +18,9 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="port of the KServe v2 gRPC service (none: off)"
+    )
     model_repository: Path = Field(Path("model_repository"), description="Triton-style folder")
     models: list[str] = Field(
         default_factory=list, description="model names to serve (empty: every model found)"
@@ -74,9 +77,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "grpc_port", mode="before")
     @classmethod
-    def _empty_key_is_no_key(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         # ADAPOOL_API_KEY= (set but empty, as compose files write it) means no key, not "".
         return None if value == "" else value
 

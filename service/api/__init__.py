@@ -7,9 +7,10 @@ and its request metrics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from service.api import health, info, metrics, models, pool
@@ -17,17 +18,20 @@ from service.api.deps import require_key, require_key_unless_open
 from service.api.pool import PoolRoute
 from service.settings import Settings
 
-ROUTERS = (pool.router, models.router, health.router, info.router, metrics.router)
+HOT = (pool.router,)  # the pool routes
+ROUTERS = (models.router, health.router, info.router, metrics.router)
 
 
-def include_routes(app: FastAPI) -> None:
-    """Every router's routes, on the app's own router, the pool routes first (routes are tried
-    in order). Added as they are, not through ``include_router``, whose nested router a request
-    would walk through on the hot path; the routes already carry their router's dependencies
-    and tags."""
+def include_routes(
+    app: FastAPI, hot: Sequence[APIRouter] = HOT, rest: Sequence[APIRouter] = ROUTERS
+) -> None:
+    """Every router's routes, on the app's own router, the ``hot`` ones (the pool and infer
+    routes) first: routes are tried in order. Added as they are, not through
+    ``include_router``, whose nested router a request would walk through on the hot path; the
+    routes already carry their router's dependencies and tags."""
     routes = app.router.routes
-    routes[0:0] = pool.router.routes  # first of all, before even the documentation's routes
-    for router in ROUTERS[1:]:
+    routes[0:0] = [route for router in hot for route in router.routes]
+    for router in rest:
         routes.extend(router.routes)
 
 

@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import InternalError, error_response
+from service.api.errors import InternalError, render
 from service.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -62,7 +62,7 @@ class RequestContext:
             log.exception("request %s: internal error", rid)
             if not first:
                 raise
-            await error_response(InternalError(), rid)(scope, receive, send_with_id)
+            await render(scope, InternalError(), rid)(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
             if first:  # no response was started (the client left): still count it

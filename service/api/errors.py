@@ -1,17 +1,22 @@
-"""The one error body of the /pool API, rendered in one place for handlers and middleware alike.
+"""Every error answer, rendered in one place for handlers and middleware alike.
 
-{"error": {"type": "...", "message": "...", "detail": {...}}, "request_id": "..."}
+:func:`render` picks the body by the front-end the path belongs to: the /pool API's
+``{"error": {"type", "message", "detail"}, "request_id"}`` (:func:`error_response`), or, for
+paths of a front-end registered with :func:`install_handlers` (the KServe v2 routes under
+``/v2``), that front-end's own renderer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from service.errors import InvalidInput, MethodNotAllowed, NotFound, ServiceError
 
@@ -47,6 +52,20 @@ def error_response(error: ServiceError, request_id: str) -> Response:
     )
 
 
+Renderer = Callable[[ServiceError, str], Response]  # (error, request id) -> answer
+
+
+def render(scope: Scope, error: ServiceError, request_id: str) -> Response:
+    """The error answer for the request of ``scope``, in its front-end's body."""
+    path: str = scope.get("path", "")
+    app = scope.get("app")
+    renderers: list[tuple[str, Renderer]] = getattr(app.state, "error_renderers", []) if app else []
+    for prefix, renderer in renderers:
+        if path == prefix or path.startswith(prefix + "/"):
+            return renderer(error, request_id)
+    return error_response(error, request_id)
+
+
 def request_id_of(request: Request) -> str:
     rid: str = request.scope.get("request_id", "")
     return rid
@@ -54,7 +73,7 @@ def request_id_of(request: Request) -> str:
 
 async def service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return error_response(exc, request_id_of(request))
+    return render(request.scope, exc, request_id_of(request))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -71,7 +90,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     else:
         mapped = ServiceError(str(exc.detail))
         mapped.status, mapped.type = exc.status_code, "http_error"
-    return error_response(mapped, request_id_of(request))
+    return render(request.scope, mapped, request_id_of(request))
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
@@ -80,10 +99,13 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "request"
     message = f"{where}: {errors[0]['msg'] if errors else 'invalid'}"
-    return error_response(InvalidInput(message, {"errors": errors}), request_id_of(request))
+    error = InvalidInput(message, {"errors": errors})
+    return render(request.scope, error, request_id_of(request))
 
 
-def install_handlers(app: FastAPI) -> None:
+def install_handlers(app: FastAPI, renderers: dict[str, Renderer] | None = None) -> None:
+    """The app's exception handlers; ``renderers``: a path prefix's own error body."""
+    app.state.error_renderers = sorted((renderers or {}).items(), key=lambda item: -len(item[0]))
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -41,8 +41,9 @@ class Work:
     """A decoded request and what it wants beyond the model's outputs."""
 
     batch: Batch
-    diagnostics: bool = True  # per-item diagnostics (computed once per model run)
-    top_k: int = 5  # top tokens per item in the diagnostics
+    diagnostics: bool = True  # the diagnostics arrays (computed once per model run)
+    records: bool = True  # and, from them, one ItemDiagnostics record per item
+    top_k: int = 5  # top tokens per item in the records
 
 
 class Caller(Protocol):
@@ -68,8 +69,8 @@ class PoolResult:
     served: ServedVersion
     batch: Batch
     outputs: Mapping[str, NDArray[np.float32]]  # pooled (b, D), weights (b, H, n), ...
-    summary: Summary | None  # the diagnostics arrays (head-mean weights included)
-    diagnostics: list[ItemDiagnostics] | None
+    summary: Summary | None  # the diagnostics arrays (head-mean weights included), if asked
+    diagnostics: list[ItemDiagnostics] | None  # the records, if asked
     metrics: ModelMetrics  # the model's series, for the front-end's own stages (encode)
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 
 from service.core.backend import OnnxBackend
 from service.core.batching import Arrays, Batcher, BatchLimits, BatchStats
-from service.core.calls import Batch, Caller, PoolResult
+from service.core.calls import Batch, Caller, PoolResult, Work
 from service.core.diagnostics import ItemDiagnostics, Summary, describe, summarise
 from service.core.models import ServedVersion, scan
 from service.errors import (
@@ -266,7 +267,10 @@ class Runtime:
                     items=bad,
                 )
             summary = out.extra if isinstance(out.extra, Summary) else None
-            diagnostics = self._diagnose(summary, work.top_k, m) if work.diagnostics else None
+            diagnostics = None
+            if work.diagnostics:
+                assert summary is not None, "asked for with wants_extra"
+                diagnostics = self._diagnose(summary, work, m)
             return PoolResult(served, work.batch, out.arrays, summary, diagnostics, m)
         except ServiceError as error:
             self._rejected(served.name if served else "", error)
@@ -303,17 +307,23 @@ class Runtime:
                 )
 
     @staticmethod
-    def _diagnose(summary: Summary | None, top_k: int, m: ModelMetrics) -> list[ItemDiagnostics]:
-        assert summary is not None, "asked for with wants_extra"
+    def _diagnose(summary: Summary, work: Work, m: ModelMetrics) -> list[ItemDiagnostics] | None:
+        """The diagnostics' histograms, and the per-item records if the front-end wants them."""
         started = time.perf_counter()
-        items = describe(summary, top_k)
-        for item in items:
-            if item["normalized_entropy"] is not None:
-                m.entropy.observe(item["normalized_entropy"])
-            m.effective_tokens.observe(item["effective_tokens"])
-            m.estimated_snr.observe(item["estimated_snr"])
+        for n, normalized, entropy, snr in zip(
+            summary.n.tolist(),
+            summary.normalized.tolist(),
+            summary.entropy.tolist(),
+            summary.snr.tolist(),
+            strict=True,
+        ):
+            if n > 1:
+                m.entropy.observe(normalized)
+            m.effective_tokens.observe(math.exp(entropy))
+            m.estimated_snr.observe(snr)
+        records = describe(summary, work.top_k) if work.records else None
         m.diagnostics.observe(time.perf_counter() - started)
-        return items
+        return records
 
 
 def _check_graph(backend: Backend, served: ServedVersion) -> None:

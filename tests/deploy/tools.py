@@ -31,6 +31,10 @@ HOW = {
     "promtool": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "prometheus": "Debian package prometheus: apt-get install prometheus (.ci/run does)",
     "nginx": "Debian package nginx-light: apt-get install nginx-light (.ci/run does)",
+    "podman": "Debian packages podman and runc (apt-get install podman runc; .ci/run does), "
+    "or a Docker whose daemon answers",
+    "base image": "make base-image (Debian's mmdebstrap, as root; .ci/run does), or set "
+    "ADAPOOL_TEST_BASE_IMAGE to an image the build can pull (python:3.11-slim-bookworm)",
     "kubectl": "kubectl with kustomize (the Google Cloud CLI's, preinstalled on these machines; "
     "Debian 12's kubernetes-client 1.20 is too old)",
     "k8s-schemas": "the shared folder ../shared/k8s-schemas/ beside the repository",
@@ -64,6 +68,16 @@ def executable(name: str) -> str:
         missing(name)
     assert found is not None
     return found
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM a tool the test started, SIGKILL it if it has not exited ``timeout`` s later."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def compose_config(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:
