@@ -8,8 +8,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-serve run test lint format lock clean reproduce signature models verify bench compare \
-	wheelhouse image base-image
+.PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
+	compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -48,6 +48,9 @@ reproduce: setup  ## the kNN-Centroid sweep: make reproduce PRESET=cpu (configs/
 
 signature: setup  ## the Signature study: which pooling finds the signal, which rule reads it off the weights
 	$(BIN)/python -m models.signature_study --preset configs/signature/cpu.toml
+
+digits: setup  ## the digits-bags study: pooling methods and their weights on real data (scikit-learn's digits)
+	$(BIN)/python -m models.digits_study --preset configs/digits/cpu.toml $(ARGS)
 
 models: setup  ## train (or reuse the sweep's runs) and export the default models into model_repository/
 	$(BIN)/python -m export.defaults

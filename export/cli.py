@@ -23,10 +23,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, export_onnx, output_names
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -37,8 +38,8 @@ from export.repository import (
     triton_config,
     version_dir,
 )
-from export.verify import cpu_session, parity
-from modelrepo import DEFAULT_RULE, FORMAT, Manifest, write_manifest
+from export.verify import cpu_session, output_bias, parity
+from modelrepo import DEFAULT_RULE, FORMAT, Manifest, SignalRule, write_manifest
 from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model
 from models.model import PoolingModel
 
@@ -55,6 +56,37 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def output_specs(model: PoolingModel) -> list[dict[str, Any]]:
+    """Name, dtype and shape of every graph output (``export.onnx_export.output_names``)."""
+    config = model.config
+    k = config.num_outputs
+    shapes: dict[str, list[str | int]] = {key: ["batch", k] for key in HEAD_OUTPUTS.values()}
+    shapes["pooled"] = ["batch", config.out_dim]
+    shapes["weights"] = ["batch", config.pooling_heads, "tokens"]
+    shapes["contributions"] = ["batch", "tokens", k]
+    return [
+        {"name": name, "dtype": "float32", "shape": shapes[name]} for name in output_names(model)
+    ]
+
+
+def task_spec(model: PoolingModel, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """What the model predicts: ``pool`` (the pooled vector), or its head's task and classes
+    (the data set's ``classes``, else the label numbers as strings)."""
+    head = model.config.head
+    if head.task == "none":
+        return {"kind": "pool"}
+    if head.task == "classification":
+        classes = (metrics or {}).get("classes") or [str(c) for c in range(head.outputs)]
+        return {"kind": "classification", "classes": classes}
+    return {"kind": "regression", "num_targets": head.outputs}
+
+
+def signal_rule_of(metrics: dict[str, Any] | None) -> SignalRule:
+    """The model's own signal-set rule (chosen on its validation split), else the project's."""
+    rule = (metrics or {}).get("signal_rule")
+    return SignalRule.from_dict(rule) if isinstance(rule, dict) else DEFAULT_RULE
+
+
 def build_manifest(
     name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
 ) -> Manifest:
@@ -64,6 +96,8 @@ def build_manifest(
     pooling = config.pooling
     adapool = pooling.method == "adapool"
     metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+    bias = output_bias(model)
     graph = onnx.load(str(out / MODEL_FILE))
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     training = json.loads((run_dir / CONFIG_FILE).read_text())
@@ -72,13 +106,14 @@ def build_manifest(
         "name": name,
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "task": {"kind": "pool"},
+        "task": task_spec(model, metrics),
         "pooling": {
             "method": pooling.method,
             "query": pooling.query if adapool else None,
             "query_index": pooling.query_index if adapool else None,
             "query_indices": list(pooling.query_indices),
             "residual": pooling.use_residual if adapool else None,
+            "values": pooling.values if adapool else None,
         },
         "input_dim": config.input_dim,
         "output_dim": config.out_dim,
@@ -93,14 +128,7 @@ def build_manifest(
             },
             {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", "tokens"]},
         ],
-        "outputs": [
-            {"name": OUTPUT_NAMES[0], "dtype": "float32", "shape": ["batch", config.out_dim]},
-            {
-                "name": OUTPUT_NAMES[1],
-                "dtype": "float32",
-                "shape": ["batch", config.pooling_heads, "tokens"],
-            },
-        ],
+        "outputs": output_specs(model),
         "precision": "fp32",
         "opset": opset,
         "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
@@ -108,12 +136,14 @@ def build_manifest(
             f"{CHECKPOINT_DIR}/{p.name}": sha256_file(p)
             for p in sorted((out / CHECKPOINT_DIR).iterdir())
         },
-        "signal_rule": DEFAULT_RULE.to_dict(),
-        "metrics": json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
+        "signal_rule": signal_rule_of(metrics).to_dict(),
+        "metrics": metrics,
         "training": training,
         "packages": package_versions(),
         "command": command,
     }
+    if bias is not None:
+        spec["contribution_bias"] = [float(b) for b in bias]
     return Manifest.from_dict(spec)
 
 
@@ -146,6 +176,14 @@ def export_run(run_dir: Path, name: str, version: int, repository: Path, command
                     "max_abs_diff_pooled": r.max_abs_diff_pooled,
                     "max_abs_diff_weights": r.max_abs_diff_weights,
                 }
+                | (
+                    {
+                        "max_abs_diff_head": r.max_abs_diff_head,
+                        "contribution_sum_error": r.contribution_sum_error,
+                    }
+                    if r.max_abs_diff_head
+                    else {}
+                )
                 for r in results
             ],
             "parity_ok": all(r.ok() for r in results),
@@ -182,7 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     e = manifest.provenance.export
-    worst = max(max(p["max_abs_diff_pooled"], p["max_abs_diff_weights"]) for p in e["parity"])
+    worst = max(
+        max(
+            p["max_abs_diff_pooled"],
+            p["max_abs_diff_weights"],
+            *p.get("max_abs_diff_head", {}).values(),
+        )
+        for p in e["parity"]
+    )
     print(
         f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
         f"{manifest.opset}, export {e['seconds']:.1f}s, onnxruntime session start "

@@ -6,8 +6,10 @@ Reads the spec, trains each model's run with the sweep preset's config at the sp
 seed (skipped when the run already finished: training is deterministic on CPU), then exports
 every model as version ``version`` into the repository. The spec's ``[signature]`` table adds
 the service's default model: one variant of the Signature study (``models.signature_study``),
-trained and exported the same way. A version already in the repository is kept when its source
-checkpoint is byte-identical to the run's, and is an error otherwise.
+trained and exported the same way; its ``[digits]`` table the default classification model, one
+run of the digits-bags study (``models.digits_study``; its bags are written first if missing).
+A version already in the repository is kept when its source checkpoint is byte-identical to the
+run's, and is an error otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from export.cli import export_run
 from export.repository import CHECKPOINT_DIR, RepositoryError, sha256_file, version_dir
+from models import digits_study
 from models.checkpoint import BEST_FILE, read_json
 from models.config import ConfigError, from_dict, load_toml, require
 from models.metrics import SIGNAL_RULE
@@ -41,6 +44,19 @@ class SignatureModel:
 
 
 @dataclass(frozen=True)
+class DigitsModel:
+    """One run of the digits-bags study, exported as ``name``."""
+
+    name: str = "digits-bags-adapool"
+    study: str = "configs/digits/cpu.toml"
+    track: str = "bags"
+    method: str = "adapool-faithful"
+    depth: int = 2
+    seed: int = 0
+    version: int = 1
+
+
+@dataclass(frozen=True)
 class DefaultModels:
     preset: str = "configs/sweep/cpu.toml"
     k: int = 8
@@ -49,6 +65,7 @@ class DefaultModels:
     repository: str = "model_repository"
     models: dict[str, str] = field(default_factory=dict)
     signature: SignatureModel | None = None
+    digits: DigitsModel | None = None
 
     def __post_init__(self) -> None:
         require(len(self.models) > 0, "models: name at least one model")
@@ -89,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {sig.study} has no variant {sig.variant!r}, seed {sig.seed}")
             return 2
         jobs.append((sig.name, sig.version, chosen[0]))
+    if spec.digits is not None:
+        job = _digits_job(spec.digits)
+        if job is None:
+            print(f"error: {spec.digits.study} has no run {spec.digits}", file=sys.stderr)
+            return 2
+        jobs.append(job)
     unknown = set(args.only or ()) - {name for name, _, _ in jobs}
     if unknown:
         print(f"error: --only names no model of the spec: {sorted(unknown)}", file=sys.stderr)
@@ -100,6 +123,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code:
             return code
     return 0
+
+
+def _digits_job(spec: DigitsModel) -> tuple[str, int, Run] | None:
+    """The digits model's run of its study, its bags written if they are missing."""
+    preset = digits_study.load_preset(spec.study)
+    runs_root = Path("runs") / preset.study.name
+    wanted = f"{spec.track}/{spec.method}/{spec.depth}"
+    chosen = [
+        r
+        for r in digits_study.expand(preset, runs_root)
+        if r.method == wanted and r.seed == spec.seed
+    ]
+    if not chosen:
+        return None
+    if not Path(chosen[0].config.data.path).exists():
+        digits_study.write_data(preset, runs_root)
+    return spec.name, spec.version, chosen[0]
 
 
 def _train_and_export(name: str, version: int, run: Run, repository: Path, command: str) -> int:
@@ -114,8 +154,10 @@ def _train_and_export(name: str, version: int, run: Run, repository: Path, comma
             return 1
         print(f"{name}/{version}: up to date")
         return 0
-    recorded = read_json(run.out / "metrics.json")["weights"]["rule"]
-    if recorded != SIGNAL_RULE:
+    metrics = read_json(run.out / "metrics.json")
+    recorded = (metrics.get("weights") or {}).get("rule")
+    own_rule = isinstance(metrics.get("signal_rule"), dict)  # chosen on its validation split
+    if recorded is not None and recorded != SIGNAL_RULE and not own_rule:
         print(
             f"rescoring {run.out}: its metrics used '{recorded}', the project's rule is now "
             f"'{SIGNAL_RULE}'",

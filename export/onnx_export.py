@@ -2,9 +2,13 @@
 
 The graph: inputs ``embeddings`` float32 [batch, tokens, D] and ``attention_mask`` bool
 [batch, tokens] (True = real token); outputs ``pooled`` float32 [batch, D_out] and ``weights``
-float32 [batch, heads, tokens]. Batch and tokens are dynamic axes (the dynamo exporter; the
-legacy exporter can freeze the example's sequence length: with ``nn.MultiheadAttention`` it writes
-the example's length into a Reshape, and every other length fails at run time).
+float32 [batch, heads, tokens], then for a model with a task head ``logits`` [batch, C]
+(classification) or ``prediction`` [batch, T] (regression), and, when the model's pool gives
+exact per-token terms (AdaPool with values from the inputs), ``contributions`` [batch, tokens,
+C or T]: each token's signed additive term of each output. Batch and tokens are dynamic axes
+(the dynamo exporter; the legacy exporter can freeze the example's sequence length: with
+``nn.MultiheadAttention`` it writes the example's length into a Reshape, and every other length
+fails at run time).
 """
 
 from __future__ import annotations
@@ -20,10 +24,25 @@ from torch import Tensor, nn
 from models.model import PoolingModel
 
 INPUT_NAMES = ("embeddings", "attention_mask")
-OUTPUT_NAMES = ("pooled", "weights")
+OUTPUT_NAMES = ("pooled", "weights")  # every model's; a task head adds its own (output_names)
+HEAD_OUTPUTS = {"classification": "logits", "regression": "prediction"}
+CONTRIBUTIONS = "contributions"
 # The example's sizes are deliberately unusual, so a frozen axis shows up at every other size.
 EXAMPLE_BATCH = 3
 EXAMPLE_TOKENS = 17
+
+
+def exports_contributions(model: PoolingModel) -> bool:
+    """A task-head model whose pool has exact per-token terms exports ``contributions``."""
+    return model.config.head.task != "none" and model.has_contributions
+
+
+def output_names(model: PoolingModel) -> tuple[str, ...]:
+    """The graph's outputs, in order: pooled, weights[, logits | prediction[, contributions]]."""
+    task = model.config.head.task
+    head = (HEAD_OUTPUTS[task],) if task != "none" else ()
+    extra = (CONTRIBUTIONS,) if exports_contributions(model) else ()
+    return (*OUTPUT_NAMES, *head, *extra)
 
 
 class ExportWrapper(nn.Module):
@@ -32,11 +51,19 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: PoolingModel) -> None:
         super().__init__()
         self.model = model
+        self.head = model.config.head.task != "none"
+        self.contributions = exports_contributions(model)
 
-    def forward(self, embeddings: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> pooled, weights."""
-        out = self.model(embeddings, attention_mask)
-        return out.pooled, out.weights
+    def forward(self, embeddings: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        """embeddings (B, N, D) float32, attention_mask (B, N) bool -> the outputs named by
+        :func:`output_names`."""
+        out = self.model(embeddings, attention_mask, contributions=self.contributions)
+        outputs = [out.pooled, out.weights]
+        if self.head:
+            outputs.append(out.output)
+        if out.contributions is not None:
+            outputs.append(out.contributions)
+        return tuple(outputs)
 
 
 def export_onnx(model: PoolingModel, path: str | Path) -> float:
@@ -66,7 +93,7 @@ def export_onnx(model: PoolingModel, path: str | Path) -> float:
                 ExportWrapper(model),
                 example,
                 input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names(model)),
                 dynamic_shapes={
                     "embeddings": {0: batch, 1: tokens},
                     "attention_mask": {0: batch, 1: tokens},

@@ -2,12 +2,16 @@
 
 Shapes other than the export example's (tokens 1 and 300, batch 1 and 64), ragged padded
 batches, and padding filled with huge, infinite and NaN values. Every case also checks that the
-weights of each head sum to 1 over the real tokens and are exactly 0 on padding.
+weights of each head sum to 1 over the real tokens and are exactly 0 on padding; for a model
+with a task head, its ``logits`` or ``prediction`` against PyTorch's, and, when it exports
+``contributions``, those against PyTorch's, exactly 0 on padding, and adding up (with the
+model's constant bias) to ONNX Runtime's own head output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,14 +26,24 @@ class Case:
     attention_mask: NDArray[np.bool_]  # (B, N)
 
 
+Outputs = dict[str, NDArray[np.float32]]  # by graph output name
+
+
 @dataclass(frozen=True)
 class CaseResult:
+    """One case's figures. ``max_abs_diff_head``: per task-head output (``logits`` or
+    ``prediction``, ``contributions``); ``contribution_sum_error``: max |bias + sum over tokens of
+    contributions - head output| on ONNX Runtime's outputs; ``max_contribution_on_padding``."""
+
     name: str
     shape: tuple[int, ...]
     max_abs_diff_pooled: float
     max_abs_diff_weights: float
     max_weight_sum_error: float
     max_weight_on_padding: float
+    max_abs_diff_head: dict[str, float] = field(default_factory=dict)
+    contribution_sum_error: float = 0.0
+    max_contribution_on_padding: float = 0.0
 
     def ok(self, tolerance: float = FP32_TOLERANCE) -> bool:
         return (
@@ -37,7 +51,17 @@ class CaseResult:
             and self.max_abs_diff_weights <= tolerance
             and self.max_weight_sum_error <= 1e-5
             and self.max_weight_on_padding == 0.0
+            and all(d <= tolerance for d in self.max_abs_diff_head.values())
+            and self.contribution_sum_error <= tolerance
+            and self.max_contribution_on_padding == 0.0
         )
+
+    @classmethod
+    def failed(cls, case: Case, outputs: Sequence[str]) -> CaseResult:
+        """A case whose outputs could not be compared at all."""
+        head = {name: np.inf for name in outputs if name not in ("pooled", "weights")}
+        inf = float(np.inf)
+        return cls(case.name, case.embeddings.shape, inf, inf, inf, inf, head, inf, inf)
 
 
 def _ragged(rng: np.random.Generator, batch: int, tokens: int, min_real: int) -> NDArray[np.bool_]:
@@ -88,21 +112,43 @@ def weight_checks(
     return float(np.abs(sums - 1.0).max()), float(on_padding.max()) if on_padding.size else 0.0
 
 
+def _max_abs_diff(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+    return float(np.nan_to_num(np.abs(a - b).max(), nan=np.inf)) if a.size else 0.0
+
+
 def compare(
-    case: Case,
-    onnx_out: tuple[NDArray[np.float32], NDArray[np.float32]],
-    torch_out: tuple[NDArray[np.float32], NDArray[np.float32]],
+    case: Case, onnx_out: Outputs, torch_out: Outputs, bias: NDArray[np.float32] | None = None
 ) -> CaseResult:
-    """Score one case's ONNX Runtime outputs against PyTorch's."""
-    (pooled, weights), (ref_pooled, ref_weights) = onnx_out, torch_out
-    if pooled.shape != ref_pooled.shape or weights.shape != ref_weights.shape:
-        return CaseResult(case.name, case.embeddings.shape, np.inf, np.inf, np.inf, np.inf)
-    sum_error, on_padding = weight_checks(weights, case.attention_mask)
+    """Score one case's ONNX Runtime outputs against PyTorch's (both by output name).
+
+    ``bias``: (K,) the model's constant output bias, needed to check ``contributions``.
+    """
+    if onnx_out.keys() != torch_out.keys() or any(
+        onnx_out[k].shape != torch_out[k].shape for k in onnx_out
+    ):
+        return CaseResult.failed(case, list(torch_out))
+    sum_error, on_padding = weight_checks(onnx_out["weights"], case.attention_mask)
+    head = {
+        name: _max_abs_diff(onnx_out[name], torch_out[name])
+        for name in onnx_out
+        if name not in ("pooled", "weights")
+    }
+    contribution_sum_error = contribution_on_padding = 0.0
+    if "contributions" in onnx_out:
+        assert bias is not None, "checking contributions needs the model's output bias"
+        terms = onnx_out["contributions"].astype(np.float64)
+        output = next(onnx_out[k] for k in ("logits", "prediction") if k in onnx_out)
+        contribution_sum_error = _max_abs_diff(terms.sum(axis=1) + bias, output)
+        padding = np.abs(np.where(case.attention_mask[..., None], 0.0, terms))
+        contribution_on_padding = float(padding.max()) if padding.size else 0.0
     return CaseResult(
         name=case.name,
         shape=case.embeddings.shape,
-        max_abs_diff_pooled=float(np.nan_to_num(np.abs(pooled - ref_pooled).max(), nan=np.inf)),
-        max_abs_diff_weights=float(np.nan_to_num(np.abs(weights - ref_weights).max(), nan=np.inf)),
+        max_abs_diff_pooled=_max_abs_diff(onnx_out["pooled"], torch_out["pooled"]),
+        max_abs_diff_weights=_max_abs_diff(onnx_out["weights"], torch_out["weights"]),
         max_weight_sum_error=sum_error,
         max_weight_on_padding=on_padding,
+        max_abs_diff_head=head,
+        contribution_sum_error=contribution_sum_error,
+        max_contribution_on_padding=contribution_on_padding,
     )

@@ -8,7 +8,8 @@ training time under the project's signal-set rule of that day. When the rule cha
 on the same seeded test split, so that every manifest states figures under the rule the service
 applies. A manifest in an older format is rewritten in the current one (``modelrepo.FORMAT``).
 The model files are untouched (their sha256 stay valid); the manifest records what it replaced
-(rule, format), when, and the command.
+(rule, format), when, and the command. A model trained on data with signal masks chose its own
+rule on its validation split (its metrics' ``signal_rule``): it keeps it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for version in find_versions(args.repository):
         manifest = read_manifest(version.manifest_file)
-        stale_rule = manifest.signal_rule != DEFAULT_RULE
+        own_rule = manifest.metrics is not None and isinstance(
+            manifest.metrics.data.get("signal_rule"), dict
+        )
+        stale_rule = not own_rule and manifest.signal_rule != DEFAULT_RULE
         old_format = manifest.format < FORMAT
         if not (stale_rule or old_format):
             print(f"{version.label}: up to date")
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = (*manifest.provenance.history, record)
         upgraded = replace(
             manifest,
-            signal_rule=DEFAULT_RULE,
+            signal_rule=manifest.signal_rule if own_rule else DEFAULT_RULE,
             metrics=metrics,
             provenance=replace(manifest.provenance, history=history),
         )

@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import INPUT_NAMES, OUTPUT_NAMES
-from export.parity import FP32_TOLERANCE, Case, CaseResult, compare, make_cases
+from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, exports_contributions, output_names
+from export.parity import FP32_TOLERANCE, Case, CaseResult, Outputs, compare, make_cases
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -55,18 +55,25 @@ def cpu_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session: ort.InferenceSession, case: Case) -> tuple[np.ndarray, np.ndarray]:
-    pooled, weights = session.run(
-        list(OUTPUT_NAMES),
-        {"embeddings": case.embeddings, "attention_mask": case.attention_mask},
-    )
-    return pooled, weights
+def run_onnx(session: ort.InferenceSession, case: Case) -> Outputs:
+    """Every output of the graph, by name."""
+    names = [o.name for o in session.get_outputs()]
+    feeds = {"embeddings": case.embeddings, "attention_mask": case.attention_mask}
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 @torch.no_grad()
-def run_torch(model: PoolingModel, case: Case) -> tuple[np.ndarray, np.ndarray]:
-    out = model(torch.from_numpy(case.embeddings), torch.from_numpy(case.attention_mask))
-    return out.pooled.numpy(), out.weights.numpy()
+def run_torch(model: PoolingModel, case: Case) -> Outputs:
+    """The outputs an export of ``model`` has (``output_names``), from PyTorch."""
+    names = output_names(model)
+    out = model(
+        torch.from_numpy(case.embeddings),
+        torch.from_numpy(case.attention_mask),
+        contributions="contributions" in names,
+    )
+    values = {"pooled": out.pooled, "weights": out.weights, "contributions": out.contributions}
+    values |= {HEAD_OUTPUTS[t]: out.output for t in HEAD_OUTPUTS}
+    return {name: values[name].numpy() for name in names}
 
 
 def min_real_tokens(model: PoolingModel) -> int:
@@ -81,10 +88,20 @@ def min_real_tokens(model: PoolingModel) -> int:
     return 1
 
 
+def output_bias(model: PoolingModel) -> np.ndarray | None:
+    """(K,) the constant part of a model's head output that no token contributes, or None."""
+    if not exports_contributions(model):
+        return None
+    with torch.no_grad():
+        bias: np.ndarray = model.output_bias().numpy()
+    return bias
+
+
 def parity(session: ort.InferenceSession, model: PoolingModel) -> list[CaseResult]:
     """ONNX Runtime against PyTorch (explicit attention path) on every parity case."""
     model.eval()
     model.set_fused_attention(False)
+    bias = output_bias(model)
     results = []
     for case in make_cases(model.config.input_dim, min_real_tokens(model)):
         try:
@@ -92,21 +109,45 @@ def parity(session: ort.InferenceSession, model: PoolingModel) -> list[CaseResul
         except Exception as exc:  # ORT raises its own types; report which case failed and why
             message = str(exc).splitlines()[0][:160]
             print(f"  onnxruntime failed on {case.name}: {message}", file=sys.stderr)
-            results.append(CaseResult(case.name, case.embeddings.shape, *([np.inf] * 4)))
+            results.append(CaseResult.failed(case, output_names(model)))
             continue
-        results.append(compare(case, onnx_out, run_torch(model, case)))
+        results.append(compare(case, onnx_out, run_torch(model, case), bias))
     return results
 
 
-def _signature(model: onnx.ModelProto) -> list[Check]:
+# Rank of every graph input and output, and its dynamic axes (batch; tokens where it has them).
+RANKS = {
+    "embeddings": 3,
+    "attention_mask": 2,
+    "pooled": 2,
+    "weights": 3,
+    "logits": 2,
+    "prediction": 2,
+    "contributions": 3,
+}
+DYNAMIC = {
+    "embeddings": (0, 1),
+    "attention_mask": (0, 1),
+    "pooled": (0,),
+    "weights": (0, 2),
+    "logits": (0,),
+    "prediction": (0,),
+    "contributions": (0, 1),
+}
+
+
+def _signature(model: onnx.ModelProto, outputs: list[str]) -> list[Check]:
+    """The graph's inputs and ``outputs`` (the manifest's), named, typed and with dynamic axes."""
     checks = []
     graph = model.graph
-    expected = {"embeddings": ("float32", 3), "attention_mask": ("bool", 2)}
-    expected |= {"pooled": ("float32", 2), "weights": ("float32", 3)}
+    expected = {
+        name: ("bool" if name == "attention_mask" else "float32", RANKS.get(name, -1))
+        for name in [*INPUT_NAMES, *outputs]
+    }
     values = {v.name: v for v in [*graph.input, *graph.output]}
     names_ok = [i.name for i in graph.input] == list(INPUT_NAMES) and [
         o.name for o in graph.output
-    ] == list(OUTPUT_NAMES)
+    ] == outputs
     checks.append(Check("input/output names", names_ok, str(list(values))))
     for name, (dtype, rank) in expected.items():
         if name not in values:
@@ -116,8 +157,8 @@ def _signature(model: onnx.ModelProto) -> list[Check]:
         got = ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type))
         ok = got == dtype and len(dims) == rank
         checks.append(Check(f"{name} is {dtype} of rank {rank}", ok, f"{got}, rank {len(dims)}"))
-    # Dynamic axes: batch on every tensor, tokens on the inputs and the weights.
-    dynamic = {"embeddings": (0, 1), "attention_mask": (0, 1), "pooled": (0,), "weights": (0, 2)}
+    # Dynamic axes: batch on every tensor, tokens on the inputs, weights and contributions.
+    dynamic = {name: DYNAMIC.get(name, (0,)) for name in expected}
     frozen = [
         f"{name}[{axis}]={values[name].type.tensor_type.shape.dim[axis].dim_value}"
         for name, axes in dynamic.items()
@@ -155,7 +196,8 @@ def verify_version(version: VersionDir) -> list[Check]:
         checks.append(Check(f"sha256 {rel}", expected == actual, detail))
     missing = [rel for rel in manifest.sha256 if rel not in files]
     checks.append(Check("every file in the manifest exists", not missing, ", ".join(missing)))
-    checks.extend(_signature(onnx.load(str(version.model_file))))
+    outputs = list(manifest.output_names)
+    checks.extend(_signature(onnx.load(str(version.model_file)), outputs))
 
     config_path = version.path.parent / TRITON_CONFIG
     same = config_path.exists() and config_path.read_text() == triton_config(version.name, manifest)
@@ -168,21 +210,37 @@ def verify_version(version: VersionDir) -> list[Check]:
         model, _ = load_model(version.checkpoint_dir)
     except Exception as exc:  # a broken checkpoint is a failed check, not a crash
         return [*checks, Check("source checkpoint loads", False, f"{type(exc).__name__}: {exc}")]
+    model_outputs = list(output_names(model))
+    checks.append(
+        Check(
+            "the manifest's outputs are the checkpoint model's",
+            outputs == model_outputs,
+            str(model_outputs),
+        )
+    )
     try:
         session = cpu_session(version.model_file)
     except Exception as exc:  # an unloadable graph is a failed check, not a crash
         return [*checks, Check("onnxruntime loads the model", False, str(exc)[:200])]
     for result in parity(session, model):
-        checks.append(
-            Check(
-                f"parity {result.name}",
-                result.ok(),
-                f"pooled {result.max_abs_diff_pooled:.2e}, weights "
-                f"{result.max_abs_diff_weights:.2e}, sum error {result.max_weight_sum_error:.1e}, "
-                f"on padding {result.max_weight_on_padding:.1e} (tolerance {FP32_TOLERANCE:g})",
-            )
-        )
+        checks.append(Check(f"parity {result.name}", result.ok(), describe(result)))
     return checks
+
+
+def describe(result: CaseResult) -> str:
+    """One parity case's figures, in a line."""
+    head = "".join(f", {name} {diff:.2e}" for name, diff in result.max_abs_diff_head.items())
+    terms = (
+        f", contributions add up within {result.contribution_sum_error:.1e} and are "
+        f"{result.max_contribution_on_padding:.1e} on padding"
+        if "contributions" in result.max_abs_diff_head
+        else ""
+    )
+    return (
+        f"pooled {result.max_abs_diff_pooled:.2e}, weights {result.max_abs_diff_weights:.2e}"
+        f"{head}, sum error {result.max_weight_sum_error:.1e}, on padding "
+        f"{result.max_weight_on_padding:.1e}{terms} (tolerance {FP32_TOLERANCE:g})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

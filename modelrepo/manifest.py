@@ -24,6 +24,7 @@ FORMAT = 2
 READABLE_FORMATS = (1, 2)
 Method = Literal["avg", "max", "cls", "adapool"]
 Query = Literal["token", "mean", "indices", "learned"]
+Values = Literal["encoder", "inputs"]
 TaskKind = Literal["pool", "classification", "regression"]
 Precision = Literal["fp32", "fp16"]
 DTYPES = ("float32", "float16", "bool", "int64")
@@ -125,6 +126,7 @@ class PoolingSpec:
     query_index: int | None = None  # the query token (query "token")
     query_indices: tuple[int, ...] = ()  # query "indices"
     residual: bool | None = None  # adapool only
+    values: Values | None = None  # adapool only: "encoder" (the paper) or "inputs" (faithful)
 
     @property
     def required_tokens(self) -> tuple[int, ...]:
@@ -152,7 +154,8 @@ class PoolingSpec:
         residual = f.get("residual", None)
         if residual is not None and not isinstance(residual, bool):
             raise ManifestError(f.where("residual"), f"must be true, false or null: {residual!r}")
-        return cls(method, query, index, tuple(indices), residual)
+        values = f.choice("values", get_args(Values), default="encoder")
+        return cls(method, query, index, tuple(indices), residual, values)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +164,7 @@ class PoolingSpec:
             "query_index": self.query_index,
             "query_indices": list(self.query_indices),
             "residual": self.residual,
+            "values": self.values,
         }
 
 
@@ -321,6 +325,9 @@ class Manifest:
     metrics: Metrics | None = None
     preferred_batch_tokens: int | None = None  # serving.preferred_batch_tokens: a pinned policy
     format: int = FORMAT
+    # With a ``contributions`` output: the constant part of each head output that no token
+    # contributes (output = contribution_bias + contributions summed over tokens).
+    contribution_bias: tuple[float, ...] = ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -385,6 +392,7 @@ class Manifest:
                 else None
             ),
             format=form,
+            contribution_bias=_bias(f),
         )
         manifest._check_signature()
         return manifest
@@ -427,11 +435,24 @@ class Manifest:
             "command": p.command,
             "export": dict(p.export),
         }
+        if self.contribution_bias:
+            out["contribution_bias"] = list(self.contribution_bias)
         if p.history:
             out["rescored"] = [dict(h) for h in p.history]
         if self.preferred_batch_tokens is not None:
             out["serving"] = {"preferred_batch_tokens": self.preferred_batch_tokens}
         return out
+
+
+def _bias(f: _Fields) -> tuple[float, ...]:
+    """``contribution_bias``: one number per head output, required by a contributions output."""
+    outputs = [o.get("name") for o in f.array("outputs") if isinstance(o, dict)]
+    if "contributions" not in outputs:
+        return ()
+    bias = f.array("contribution_bias")
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bias):
+        raise ManifestError("contribution_bias", f"must be numbers, got {bias!r}")
+    return tuple(float(b) for b in bias)
 
 
 def _rule(f: _Fields, parse: Any) -> SignalRule:

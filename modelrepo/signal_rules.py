@@ -8,7 +8,11 @@ Kinds:
 - ``share_of_max``: head-mean weight >= ``value`` x the item's largest weight (the project's rule
   is ``share_of_max`` 0.25: chosen by measurement in ``python -m models.signature_study``);
 - ``uniform_share``: head-mean weight > ``value`` / n, n the item's real tokens;
-- ``mass``: the fewest largest weights that hold ``value`` of the item's weight.
+- ``mass``: the fewest largest weights that hold ``value`` of the item's weight;
+- ``largest_gap``: sort the item's weights; the tokens above the largest ratio between two
+  consecutive ones, when that ratio is at least ``value`` (> 1), else every real token (chosen
+  by ``digits-bags-adapool`` on its validation split: a sharp pool puts uneven weights on its
+  signal tokens, which a share of the largest weight splits, while the drop to the noise stays).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-RuleKind = Literal["share_of_max", "uniform_share", "mass"]
+RuleKind = Literal["share_of_max", "uniform_share", "mass", "largest_gap"]
 KINDS: tuple[str, ...] = get_args(RuleKind)
 
 
@@ -37,6 +41,10 @@ class SignalRule:
             raise RuleError(f"unknown signal rule kind {self.kind!r}; kinds: {', '.join(KINDS)}")
         if isinstance(self.value, bool) or not isinstance(self.value, int | float):
             raise RuleError(f"signal rule value must be a number, got {self.value!r}")
+        if self.kind == "largest_gap":
+            if not self.value > 1:
+                raise RuleError(f"largest_gap needs a value > 1, got {self.value}")
+            return
         low_open = self.kind != "uniform_share"  # 0 < value <= 1, or value > 0 for uniform_share
         if not (self.value > 0 and (self.value <= 1 or not low_open)):
             bounds = "(0, 1]" if low_open else "> 0"
@@ -49,6 +57,11 @@ class SignalRule:
             return f"head-mean weight >= max weight {_times(self.value)}"
         if self.kind == "uniform_share":
             return f"head-mean weight > {_times(self.value, 'n_real')}"
+        if self.kind == "largest_gap":
+            return (
+                "head-mean weights above the largest drop between consecutive sorted weights, "
+                f"if it is at least {self.value:g}x (else all tokens)"
+            )
         return f"the fewest largest head-mean weights holding {self.value * 100:g}% of the weight"
 
     def select(self, weights: NDArray[np.floating], mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -71,6 +84,8 @@ class SignalRule:
             n_real = mask.sum(axis=1, keepdims=True)
             chosen = (w > self.value / n_real) & mask
             return chosen
+        if self.kind == "largest_gap":
+            return _largest_gap(w, mask, self.value)
         order = np.argsort(np.where(mask, -w, np.inf), axis=1, kind="stable")
         ranked = np.take_along_axis(np.where(mask, w, 0.0), order, axis=1)
         before = np.cumsum(ranked, axis=1) - ranked  # the mass of the tokens ahead of each
@@ -99,6 +114,27 @@ class SignalRule:
             if rule.definition == text:
                 return rule
         raise RuleError(f"unknown signal rule {text!r}")
+
+
+def _largest_gap(
+    w: NDArray[np.float64], mask: NDArray[np.bool_], ratio: float
+) -> NDArray[np.bool_]:
+    """The tokens above the largest drop in log weight between consecutive sorted weights, when
+    that drop is at least log(ratio); every real token otherwise (near-uniform weights)."""
+    log_w = np.log(np.maximum(w, np.finfo(np.float64).tiny))
+    # Padding sorts last and repeats the row's smallest real weight: it adds no drop.
+    floor = np.where(mask, log_w, np.inf).min(axis=1, keepdims=True)
+    log_w = np.where(mask, log_w, floor)
+    if log_w.shape[1] < 2:
+        return mask.copy()
+    order = np.argsort(-log_w, axis=1, kind="stable")
+    ranked = np.take_along_axis(log_w, order, axis=1)
+    drops = ranked[:, :-1] - ranked[:, 1:]  # (B, N - 1), >= 0
+    keep_n = np.where(drops.max(axis=1) >= np.log(ratio), drops.argmax(axis=1) + 1, mask.sum(1))
+    keep = np.zeros_like(mask)
+    np.put_along_axis(keep, order, np.arange(mask.shape[1])[None, :] < keep_n[:, None], axis=1)
+    chosen: NDArray[np.bool_] = keep & mask
+    return chosen
 
 
 def _times(value: float, of: str = "") -> str:

@@ -2,12 +2,14 @@
 
 from models import ModelConfig, PoolingConfig, build_model
 model = build_model(ModelConfig(depth=2, pooling=PoolingConfig(method="adapool", query="mean")))
-out = model(x, attention_mask)      # out.pooled (B, D_out), out.weights (B, H, N)
+out = model(x, attention_mask)      # out.pooled (B, D_out), out.weights (B, H, N), out.output
 """
 
+from modelrepo.signal_rules import SignalRule
 from models.config import (
     ConfigError,
     DataConfig,
+    HeadConfig,
     ModelConfig,
     PoolingConfig,
     RunConfig,
@@ -16,7 +18,12 @@ from models.config import (
     load_run_config,
     to_dict,
 )
-from models.metrics import SIGNAL_RULE, WeightQuality, estimate_signal_set, weight_quality
+from models.metrics import (
+    SIGNAL_RULE,
+    WeightQuality,
+    estimate_signal_set,
+    weight_quality,
+)
 from models.model import InputError, ModelOutput, PoolingModel, build_model
 from models.pooling import AdaPool, AvgPool, ClsToken, MaxPool, Pool
 
@@ -27,6 +34,7 @@ __all__ = [
     "ClsToken",
     "ConfigError",
     "DataConfig",
+    "HeadConfig",
     "InputError",
     "MaxPool",
     "ModelConfig",
@@ -35,6 +43,7 @@ __all__ = [
     "PoolingConfig",
     "PoolingModel",
     "RunConfig",
+    "SignalRule",
     "TrainConfig",
     "WeightQuality",
     "build_model",

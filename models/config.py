@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import tomllib
 import types
 import typing
@@ -19,8 +20,12 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 PoolingMethod = Literal["avg", "max", "cls", "adapool"]
 QueryMode = Literal["token", "mean", "indices", "learned"]
+ValueSource = Literal["encoder", "inputs"]
+HeadTask = Literal["none", "classification", "regression"]
+DataTask = Literal["knn_centroid", "signature", "classification", "regression", "none"]
 POOLING_METHODS: tuple[str, ...] = get_args(PoolingMethod)
 QUERY_MODES: tuple[str, ...] = get_args(QueryMode)
+FILE_TASKS = ("classification", "regression")  # data read from a file (models.data)
 
 
 class ConfigError(ValueError):
@@ -46,6 +51,10 @@ class PoolingConfig:
         query_indices: the tokens averaged for ``query = "indices"``.
         residual: add the query vector to the pooled result. ``None`` follows the public code:
             on for ``token``, off for every other query mode.
+        values: AdaPool only. ``encoder``: values from the encoder outputs (the paper);
+            ``inputs``: values from the un-mixed input tokens (queries and keys still from the
+            encoder outputs), so the pooled vector is exactly a weighted sum of per-token
+            values and token i's share is w_i (the "faithful" variant; no residual).
     """
 
     method: PoolingMethod = "adapool"
@@ -53,6 +62,7 @@ class PoolingConfig:
     query_index: int = 0
     query_indices: tuple[int, ...] = ()
     residual: bool | None = None
+    values: ValueSource = "encoder"
 
     def __post_init__(self) -> None:
         require(self.method in POOLING_METHODS, f"pooling.method must be one of {POOLING_METHODS}")
@@ -65,13 +75,47 @@ class PoolingConfig:
             require(
                 not self.query_indices, "pooling.query_indices is only used with query = 'indices'"
             )
+        require(self.values in ("encoder", "inputs"), "pooling.values must be encoder or inputs")
         if self.method != "adapool":
             require(self.residual is None, "pooling.residual is only used with method = 'adapool'")
+            require(self.values == "encoder", "pooling.values is only used with method = 'adapool'")
+        if self.values == "inputs":
+            require(
+                not self.use_residual,
+                "pooling.values = 'inputs' needs pooling.residual = false (the residual adds "
+                "the query, a mixture of tokens, to the pooled vector)",
+            )
 
     @property
     def use_residual(self) -> bool:
         """Whether AdaPool adds its query vector back to the pooled result."""
         return self.query == "token" if self.residual is None else self.residual
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """What the model predicts from the pooled vector.
+
+    Attributes:
+        task: ``none`` (the pooled vector is the prediction, as in the centroid tasks),
+            ``classification`` (a linear layer to ``outputs`` logits, cross-entropy) or
+            ``regression`` (a linear layer to ``outputs`` values, MSE).
+        outputs: classes C or targets T (0 for ``none``).
+    """
+
+    task: HeadTask = "none"
+    outputs: int = 0
+
+    def __post_init__(self) -> None:
+        require(
+            self.task in get_args(HeadTask), f"model.head.task must be one of {get_args(HeadTask)}"
+        )
+        if self.task == "none":
+            require(self.outputs == 0, "model.head.outputs is only used with a task head")
+        elif self.task == "classification":
+            require(self.outputs >= 2, "model.head.outputs must be >= 2 classes")
+        else:
+            require(self.outputs >= 1, "model.head.outputs must be >= 1 target")
 
 
 @dataclass(frozen=True)
@@ -94,6 +138,7 @@ class ModelConfig:
             so the model can tell the ego token apart.
         final_norm: a LayerNorm on the encoder outputs before pooling.
         pooling: the pooling method and its options.
+        head: the task head on the pooled vector (none: the pooled vector is the output).
     """
 
     input_dim: int = 16
@@ -108,6 +153,7 @@ class ModelConfig:
     query_embedding: bool = True
     final_norm: bool = False
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
         require(self.input_dim > 0, "model.input_dim must be > 0")
@@ -138,6 +184,11 @@ class ModelConfig:
         return self.dim if self.output_dim is None else self.output_dim
 
     @property
+    def num_outputs(self) -> int:
+        """Size of the model's prediction: the head's outputs, or the pooled vector's size."""
+        return self.out_dim if self.head.task == "none" else self.head.outputs
+
+    @property
     def pooling_heads(self) -> int:
         """Rows in the weights output: one for avg and max, ``num_heads`` for cls and adapool."""
         return 1 if self.pooling.method in ("avg", "max") else self.num_heads
@@ -145,27 +196,38 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training data: a synthetic task and its split sizes.
+    """The training data: a synthetic task and its split sizes, or a data set file.
 
     Attributes:
         task: ``knn_centroid`` (the paper's benchmark, one k per data set); ``signature``
             (signal tokens carry a learnable pattern, the signal share varies per sample over the
-            whole SNR range: ``models.data.signature``); or ``none`` for a run that is only its
-            seeded random initialisation (benchmarks and profiling of shapes no task has, such as
-            ``make bench``'s 384-dimensional model); ``models.train`` refuses ``none``.
+            whole SNR range: ``models.data.signature``); ``classification`` or ``regression``
+            (your own token sets from ``path``, in the format of ``models.data.sets``); or
+            ``none`` for a run that is only its seeded random initialisation (benchmarks and
+            profiling of shapes no task has, such as ``make bench``'s 384-dimensional model);
+            ``models.train`` refuses ``none``.
+        path: the data set (``.npz`` file or folder of ``.npy`` files) of the file tasks.
+        snr_band_edges: file tasks with a signal_mask: the SNR band edges (increasing, last
+            1.0) over which the weights' quality is reported; each band is [edge_i, edge_i+1),
+            the last closed. Empty: the project's grid, log2(k/n) rounded (1/128 ... 1).
         k: kNN-Centroid's signal tokens per sample (SNR = k / num_vectors; k = num_vectors means
             all others). Unused by ``signature``, where k varies per sample.
         num_vectors: tokens per sample, N (``signature``: the most tokens a sample has).
         min_vectors: ``signature`` only: the fewest real tokens a sample has.
         signature_dims, signature_noise: ``signature`` only: how many features carry the
             pattern, and the noise on it.
-        dim: token dimension, D (must equal ``model.input_dim``).
+        dim: token dimension, D (must equal ``model.input_dim``; file tasks: unused, the file's
+            D must equal ``model.input_dim``).
         num_train, num_val, num_test: samples per split; each split has its own generator seed
             derived from ``seed``, so changing one split's size leaves the others unchanged.
-        seed: the data seed.
+            Unused by the file tasks (the file's ``split`` array, or a seeded 80/10/10 split).
+        seed: the data seed (file tasks: the seed of the 80/10/10 split when the file has no
+            ``split``).
     """
 
-    task: Literal["knn_centroid", "signature", "none"] = "knn_centroid"
+    task: DataTask = "knn_centroid"
+    path: str = ""
+    snr_band_edges: tuple[float, ...] = ()
     k: int = 8
     num_vectors: int = 128
     min_vectors: int = 32
@@ -193,6 +255,19 @@ class DataConfig:
             )
             require(self.signature_noise >= 0, "data.signature_noise must be >= 0")
         require(self.dim >= 1, "data.dim must be >= 1")
+        if self.task in FILE_TASKS:
+            require(bool(self.path), f"data.path: task {self.task!r} reads a data set file")
+        else:
+            require(not self.path, f"data.path is only used by the tasks {FILE_TASKS}")
+        edges = self.snr_band_edges
+        if edges:
+            require(
+                len(edges) >= 2
+                and all(a < b for a, b in itertools.pairwise(edges))
+                and edges[0] > 0
+                and edges[-1] == 1.0,
+                "data.snr_band_edges must increase from > 0 to 1.0",
+            )
         require(self.num_train > 0, "data.num_train must be > 0")
         require(self.num_val > 0, "data.num_val must be > 0")
         require(self.num_test > 0, "data.num_test must be > 0")
@@ -243,9 +318,20 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.data.task in FILE_TASKS:  # the file's D and outputs are checked when it is read
+            require(
+                self.model.head.task in ("none", self.data.task),
+                f"model.head.task ({self.model.head.task!r}) must be data.task "
+                f"({self.data.task!r}), or left out: training sets the head from the data",
+            )
+            return
         require(
             self.model.input_dim == self.data.dim,
             f"model.input_dim ({self.model.input_dim}) must equal data.dim ({self.data.dim})",
+        )
+        require(
+            self.model.head.task == "none",
+            f"model.head: the {self.data.task!r} task predicts with the pooled vector",
         )
 
 
@@ -306,10 +392,16 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             for k, v in value.items()
         }
     if origin is tuple:
-        (item_type, _ellipsis) = get_args(tp)
+        args = get_args(tp)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"'{path}' must be a list, got {type(value).__name__}")
-        return tuple(_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"'{path}' must be a list of {len(args)}, got {len(value)}")
+        types_ = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(
+            _coerce(t, v, f"{path}[{i}]")
+            for i, (t, v) in enumerate(zip(types_, value, strict=True))
+        )
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"'{path}' must be true or false, got {value!r}")

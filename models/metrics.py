@@ -2,27 +2,28 @@
 
 NumPy only, so the same functions score weights from PyTorch, ONNX Runtime or the service.
 
-The signal-set rule (``SIGNAL_RULE``): a real token is estimated to be signal when its head-mean
-pooling weight is at least a quarter of the row's largest. Chosen by measurement
+The project's signal-set rule (``SIGNAL_RULE``): a real token is estimated to be signal when its
+head-mean pooling weight is at least a quarter of the row's largest. Chosen by measurement
 (``python -m models.signature_study``, results/signature-cpu/): among the candidates in
-``SIGNAL_RULES``, on the validation split of the service's default model, it met every
+``NAMED_RULES``, on the validation split of the service's default model, it met every
 requirement and had the highest mean F1 over the SNR bands 1/128..1. The old rule, weight > 1/n,
 split near-uniform weights in half at high SNR (F1 0.82 at SNR 1 against 0.99) and found
 nothing in uniform weights; a rule relative to the largest weight reads uniform weights as "all
-tokens" (SNR 1) and a sharp pool as its few tokens.
+tokens" (SNR 1) and a sharp pool as its few tokens. A model trained on data with signal masks
+chooses its own rule from ``RULE_CANDIDATES`` on its validation split (:func:`choose_rule`,
+:mod:`models.weight_metrics`); without masks it keeps the project's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from modelrepo.signal_rules import DEFAULT_RULE_NAME, NAMED
+from modelrepo.signal_rules import DEFAULT_RULE_NAME, NAMED, SignalRule
 
-SIGNAL_RULE_NAME = DEFAULT_RULE_NAME  # the project's rule, one of SIGNAL_RULES (defined below)
+SIGNAL_RULE_NAME = DEFAULT_RULE_NAME  # the project's rule, one of NAMED_RULES
 
 FloatArray = NDArray[np.floating]
 BoolArray = NDArray[np.bool_]
@@ -33,39 +34,69 @@ def signal_loss(pred: FloatArray, target: FloatArray) -> float:
     return float(np.mean((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2))
 
 
+def auc(scores: FloatArray, positive: BoolArray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2.
+
+    scores, positive: (M,). NaN when either class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Average ranks (1-based), ties sharing the mean of their ranks (Mann-Whitney U).
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    mean_rank = ends - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
 def head_mean(weights: FloatArray) -> NDArray[np.float64]:
     """(S, H, N) or (S, N) weights -> (S, N) mean over heads."""
     w = np.asarray(weights, dtype=np.float64)
     return w.mean(axis=1) if w.ndim == 3 else w
 
 
-# Candidate signal-set rules: name -> (definition, rule(head-mean weights (S, N), mask) -> set).
-# The rules and their one implementation live in modelrepo.signal_rules, which the service uses
-# too: a manifest's figures and the service's signal sets come from the same code.
-Rule = Callable[[NDArray[np.float64], BoolArray], BoolArray]
-SIGNAL_RULES: dict[str, tuple[str, Rule]] = {
-    name: (rule.definition, rule.select) for name, rule in NAMED.items()
-}
+# The candidates the Signature study scored, by name. Rules and their one implementation live in
+# modelrepo.signal_rules, which the service uses too: a manifest's figures and the service's
+# signal sets come from the same code.
+NAMED_RULES: dict[str, SignalRule] = dict(NAMED)
+PROJECT_RULE = NAMED_RULES[SIGNAL_RULE_NAME]
+SIGNAL_RULE = PROJECT_RULE.definition
 
-
-SIGNAL_RULE = SIGNAL_RULES[SIGNAL_RULE_NAME][0]
+# What a model's own rule is chosen from on its validation split (``choose_rule``): the named
+# rules, then thresholds on the ranking at finer steps. The project's rule comes first, so it
+# wins ties.
+RULE_CANDIDATES: tuple[SignalRule, ...] = tuple(
+    dict.fromkeys(
+        [
+            PROJECT_RULE,
+            *NAMED_RULES.values(),
+            *(SignalRule("share_of_max", v) for v in (0.05, 0.15, 0.2, 0.3, 0.4, 0.6, 0.75, 0.9)),
+            *(SignalRule("uniform_share", v) for v in (0.25, 0.75, 1.5, 2.0, 3.0)),
+            *(SignalRule("mass", v) for v in (0.5, 0.7, 0.8, 0.99)),
+            *(SignalRule("largest_gap", v) for v in (1.5, 2.0, 3.0, 5.0, 10.0)),
+        ]
+    )
+)
 
 
 def estimate_signal_set(
-    weights: FloatArray, attention_mask: BoolArray, rule: str = SIGNAL_RULE_NAME
+    weights: FloatArray, attention_mask: BoolArray, rule: SignalRule = PROJECT_RULE
 ) -> BoolArray:
     """Apply a signal-set rule (by default the project's, ``SIGNAL_RULE``).
 
     Args:
         weights: (S, H, N) or (S, N) pooling weights.
         attention_mask: (S, N) bool, True = real token.
-        rule: a name from :data:`SIGNAL_RULES`.
+        rule: the rule.
 
     Returns:
         (S, N) bool, True on the real tokens the rule estimates to be signal.
     """
-    estimated: BoolArray = SIGNAL_RULES[rule][1](head_mean(weights), np.asarray(attention_mask))
-    return estimated
+    return rule.select(head_mean(weights), np.asarray(attention_mask))
 
 
 def _f1(estimated: BoolArray, truth: BoolArray) -> tuple[NDArray[np.float64], ...]:
@@ -86,7 +117,7 @@ class WeightQuality:
 
     Attributes:
         signal_mass: weight (head mean) on the true signal tokens; chance = k / n.
-        precision, recall, f1: of the set estimated by ``SIGNAL_RULE`` against the true signal set.
+        precision, recall, f1: of the set estimated by the rule against the true signal set.
         *_chance: the same figure for uniform weights (mass) or for the all-tokens estimate
             (precision k/n, recall 1, F1 2k/(k+n)), the baseline a useful diagnostic must beat.
         estimated_size: mean size of the estimated set; true_size: mean number of signal tokens.
@@ -101,7 +132,7 @@ class WeightQuality:
     f1_chance: float
     estimated_size: float
     true_size: float
-    rule: str = SIGNAL_RULE
+    rule: str = SIGNAL_RULE  # the rule's definition
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
@@ -111,7 +142,7 @@ def weight_quality(
     weights: FloatArray,
     attention_mask: BoolArray,
     signal_mask: BoolArray,
-    rule: str = SIGNAL_RULE_NAME,
+    rule: SignalRule = PROJECT_RULE,
 ) -> WeightQuality:
     """Score pooling weights against the ground-truth signal tokens.
 
@@ -139,7 +170,7 @@ def weight_quality(
         f1_chance=float(f1_all.mean()),
         estimated_size=float(estimated.sum(axis=1).mean()),
         true_size=float(n_signal.mean()),
-        rule=SIGNAL_RULES[rule][0],
+        rule=rule.definition,
     )
 
 

@@ -19,10 +19,17 @@ class ModelOutput(NamedTuple):
         pooled: (B, D_out) float32, the pooled vector.
         weights: (B, H, N) float32, each token's share of the pooled vector per head; rows sum to 1
             over the real tokens and are 0 on padding.
+        output: (B, K) float32, the prediction: the task head's logits (classification, K = C)
+            or values (regression, K = T); the pooled vector itself without a head.
+        contributions: (B, N, K) float32 when asked for: token i's exact additive term of each
+            output (output == contributions.sum(1) + ``output_bias()``; 0 on padding). Only
+            models whose pool has exact terms (AdaPool with values = "inputs") give them.
     """
 
     pooled: Tensor
     weights: Tensor
+    output: Tensor
+    contributions: Tensor | None = None
 
 
 class QueryEmbedding(nn.Module):
@@ -68,20 +75,34 @@ class PoolingModel(nn.Module):
         self.output_proj: nn.Module = (
             nn.Linear(dim, config.output_dim) if config.output_dim is not None else nn.Identity()
         )
+        head = config.head
+        self.head: nn.Module = (
+            nn.Identity() if head.task == "none" else nn.Linear(config.out_dim, head.outputs)
+        )
+
+    @property
+    def has_contributions(self) -> bool:
+        """Whether ``forward(..., contributions=True)`` can give exact per-token terms."""
+        return self.pool.exact_terms
 
     def set_fused_attention(self, fused: bool) -> None:
         """Choose the encoder's attention path: fused SDPA (training) or explicit (export)."""
         self.encoder.fused = fused
 
-    def forward(self, x: Tensor, attention_mask: Tensor) -> ModelOutput:
-        """Pool a batch of token sets.
+    def forward(
+        self, x: Tensor, attention_mask: Tensor, contributions: bool = False
+    ) -> ModelOutput:
+        """Pool a batch of token sets and predict from the pooled vector.
 
         Args:
             x: (B, N, input_dim) float32 tokens.
             attention_mask: (B, N) bool, True = real token.
+            contributions: also return each token's exact term of each output (needs
+                ``has_contributions``).
 
         Returns:
-            ModelOutput with pooled (B, D_out) and weights (B, H, N).
+            ModelOutput with pooled (B, D_out), weights (B, H, N), output (B, K) and, when
+            asked, contributions (B, N, K).
 
         Raises:
             InputError: a row has no real token, or the AdaPool query token is padding.
@@ -92,10 +113,28 @@ class PoolingModel(nn.Module):
         x = x.masked_fill(~attention_mask.unsqueeze(-1), 0.0)
         x = self.query_embedding(self.input_proj(x))
         x, mask = self.pool.extend(x, attention_mask)
+        inputs = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         x, last_attention = self.encoder(x, mask, self.pool.needs_last_attention)
         x = self.norm(x).masked_fill(~mask.unsqueeze(-1), 0.0)
-        pooled, weights = self.pool(x, mask, last_attention)
-        return ModelOutput(self.output_proj(pooled), weights)
+        pooled, weights = self.pool(x, mask, last_attention, inputs)
+        pooled = self.output_proj(pooled)
+        terms = None
+        if contributions:
+            terms = self._linear_part(self.pool.token_terms(weights, inputs))
+        return ModelOutput(pooled, weights, self.head(pooled), terms)
+
+    def _linear_part(self, terms: Tensor) -> Tensor:
+        """(B, N, D) pool terms through the output projection and head without their biases."""
+        for layer in (self.output_proj, self.head):
+            if isinstance(layer, nn.Linear):
+                terms = terms @ layer.weight.T
+        return terms
+
+    def output_bias(self) -> Tensor:
+        """(K,) the part of every output that no token contributes: the pool's, the output
+        projection's and the head's biases carried through (``has_contributions`` only)."""
+        bias: Tensor = self.head(self.output_proj(self.pool.term_bias()))
+        return bias
 
     def _check_inputs(self, x: Tensor, attention_mask: Tensor) -> None:
         if x.ndim != 3 or x.shape[-1] != self.config.input_dim:

@@ -8,7 +8,7 @@ on the ``signature`` task) and ``[variants.<name>]`` tables, each a partial run 
 over the base (for example ``[variants.adapool-mean-d0.model] depth = 0``). Every (variant,
 seed) trains once across the whole SNR range (resumable, as the sweep). Then, on held-out data:
 
-1. The signal-set rule is chosen by measurement: every rule of ``models.metrics.SIGNAL_RULES``
+1. The signal-set rule is chosen by measurement: every rule of ``models.metrics.NAMED_RULES``
    is scored on the **validation** split of the default variant, per SNR band; the rule that
    meets the most of the requirements below, then has the highest mean F1 over the bands, wins.
    The project's rule (``SIGNAL_RULE_NAME``) must be that rule: the report says if it is not.
@@ -43,8 +43,8 @@ import torch
 from models.checkpoint import load_model, write_json
 from models.config import ConfigError, RunConfig, from_dict, load_toml, require, to_dict
 from models.metrics import (
+    NAMED_RULES,
     SIGNAL_RULE_NAME,
-    SIGNAL_RULES,
     SNR_BANDS,
     signal_loss,
     snr_band_label,
@@ -53,7 +53,8 @@ from models.metrics import (
 )
 from models.report import git_commit
 from models.sweep import Run, train_all
-from models.train import make_data, predict
+from models.tasks import make_data
+from models.train import predict
 
 F1_BANDS = (-3, -2, -1)  # SNR 1/8 .. 1/2: F1 >= 0.8
 TWICE_CHANCE_BANDS = (-5, -4, -3, -2)  # SNR 1/32 .. 1/4: F1 >= 2x the all-tokens F1
@@ -150,10 +151,10 @@ def score_rules(weights: np.ndarray, mask: np.ndarray, signal: np.ndarray) -> li
     """F1 of every rule per band (one row per rule and band)."""
     bands = band_of(signal, mask)
     rows = []
-    for rule in SIGNAL_RULES:
+    for rule, definition in NAMED_RULES.items():
         for band in SNR_BANDS:
             sel = bands == band
-            q = weight_quality(weights[sel], mask[sel], signal[sel], rule)
+            q = weight_quality(weights[sel], mask[sel], signal[sel], definition)
             rows.append(
                 {
                     "rule": rule,
@@ -171,7 +172,7 @@ def score_rules(weights: np.ndarray, mask: np.ndarray, signal: np.ndarray) -> li
 def choose_rule(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """The rule meeting the most requirements, then with the highest mean F1 over bands."""
     table = {}
-    for rule in SIGNAL_RULES:
+    for rule in NAMED_RULES:
         f1 = {r["log2_snr"]: r["f1"] for r in rows if r["rule"] == rule}
         chance = {r["log2_snr"]: r["f1_chance"] for r in rows if r["rule"] == rule}
         met = requirements(f1, chance)
@@ -269,7 +270,7 @@ def markdown(
     out += [
         "",
         f"## Weights: F1 of the estimated signal set, rule `{SIGNAL_RULE_NAME}` "
-        f"({SIGNAL_RULES[SIGNAL_RULE_NAME][0]})",
+        f"({NAMED_RULES[SIGNAL_RULE_NAME].definition})",
         "",
         "Chance: the all-tokens estimate, F1 = 2k/(k+n). Signal mass in brackets (chance k/n).",
         "",
@@ -295,7 +296,8 @@ def markdown(
         "| rule | definition | " + " | ".join(bands) + " | mean | requirements met |",
         "|---|---|" + "---|" * (len(bands) + 2),
     ]
-    for rule, (definition, _) in SIGNAL_RULES.items():
+    for rule, signal_rule in NAMED_RULES.items():
+        definition = signal_rule.definition
         f1 = [r["f1"] for r in rules if r["rule"] == rule]
         choice = meta["rule_choice"][rule]
         name = f"**{rule}**" if rule == meta["chosen_rule"] else rule

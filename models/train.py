@@ -1,7 +1,11 @@
-"""Train one pooling model on kNN-Centroid and write its checkpoint and test metrics.
+"""Train one pooling model and write its checkpoint and test metrics.
 
     python -m models.train --config configs/knn_centroid_small.toml --k 8 --method adapool
+    python -m models.train --data my_sets.npz --task classification     # your own embeddings
 
+The first form trains on a generated task (kNN-Centroid, Signature); the second on a data set
+file (``models.data``: embeddings, masks, labels or targets) with the default model for such data
+(``file_run_config``), or with ``--config`` a TOML whose ``[data]`` names ``task`` and ``path``.
 The run directory (``--out``) receives ``config.json``, ``model.safetensors`` (best validation
 loss), ``last.safetensors`` + ``state.json`` (for ``--resume``), ``history.json`` (one record per
 epoch) and ``metrics.json`` (test metrics of the best weights). See :mod:`models.checkpoint`.
@@ -20,54 +24,28 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import checkpoint
 from models.config import (
+    FILE_TASKS,
     POOLING_METHODS,
     QUERY_MODES,
     ConfigError,
-    DataConfig,
     RunConfig,
     load_run_config,
-    require,
 )
-from models.data import knn_centroid, signature
-from models.data.knn_centroid import Dataset
-from models.metrics import signal_loss, snr_bands, trivial_baselines, weight_quality
+from models.data import DataFormatError, read_dataset
 from models.model import PoolingModel, build_model
-
-SPLITS = ("train", "val", "test")
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 32-bit seed from integers (for example (seed, epoch) or (seed, split))."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def make_data(config: DataConfig) -> dict[str, Dataset]:
-    """Generate the train, val and test splits; each split has its own derived seed."""
-    require(config.task != "none", f"data.task={config.task!r} has no data to train on")
-    sizes = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
-    out = {}
-    for index, split in enumerate(SPLITS):
-        seed = derive_seed(config.seed, index)
-        if config.task == "signature":
-            out[split] = signature.generate(
-                sizes[split],
-                seed,
-                num_vectors=config.num_vectors,
-                min_vectors=config.min_vectors,
-                dim=config.dim,
-                signature_dims=config.signature_dims,
-                signature_noise=config.signature_noise,
-            )
-        else:
-            out[split] = knn_centroid.generate(
-                sizes[split], config.k, seed, num_vectors=config.num_vectors, dim=config.dim
-            )
-    return out
+from models.objectives import Objective, objective, summary
+from models.tasks import (
+    Split,
+    derive_seed,
+    file_run_config,
+    load_data,
+    predict_split,
+    targets_of,
+)
 
 
 @torch.no_grad()
@@ -92,30 +70,11 @@ def predict(
     return np.concatenate(pooled), np.concatenate(weights)
 
 
-def test_metrics(model: PoolingModel, data: Dataset, config: RunConfig) -> dict[str, Any]:
-    """Signal loss, weight quality with chance levels, and the trivial baselines on ``data``."""
-    mask = data.mask()
-    pooled, weights = predict(model, data.x, config.train.eval_batch_size, mask)
-    metrics: dict[str, Any] = {
-        "task": config.data.task,
-        "method": config.model.pooling.method,
-        "query": config.model.pooling.query if config.model.pooling.method == "adapool" else None,
-        "k": config.data.k if config.data.task == "knn_centroid" else None,
-        "snr": config.data.snr if config.data.task == "knn_centroid" else None,
-        "num_test": len(data.x),
-        "signal_loss": signal_loss(pooled, data.y),
-        "weights": weight_quality(weights, mask, data.signal_mask).as_dict(),
-        "trivial": trivial_baselines(data.x, data.y, mask),
-    }
-    if config.data.task == "signature":
-        metrics["bands"] = snr_bands(pooled, weights, data.x, data.y, mask, data.signal_mask)
-    return metrics
-
-
 def _train_epoch(
     model: PoolingModel,
     optimizer: torch.optim.Optimizer,
-    data: Dataset,
+    data: Split,
+    goal: Objective,
     config: RunConfig,
     epoch: int,
     progress: bool,
@@ -126,8 +85,7 @@ def _train_epoch(
     # Reseed per epoch: batch order and dropout depend only on (seed, epoch), so --resume
     # reproduces an uninterrupted run exactly.
     torch.manual_seed(derive_seed(config.train.seed, epoch))
-    order = torch.randperm(len(data.x))
-    x, y, m = torch.from_numpy(data.x), torch.from_numpy(data.y), torch.from_numpy(data.mask())
+    order = torch.randperm(len(data)).numpy()
     batch_size = config.train.batch_size
     steps = math.ceil(len(order) / batch_size)
     total, count = 0.0, 0
@@ -140,8 +98,11 @@ def _train_epoch(
     )
     for step in bar:
         index = order[step * batch_size : (step + 1) * batch_size]
-        xb, yb, mask = x[index].to(device), y[index].to(device), m[index].to(device)
-        loss = F.mse_loss(model(xb, mask).pooled, yb)
+        batch = data.batch(index)
+        xb = torch.from_numpy(batch.x).to(device)
+        mask = torch.from_numpy(batch.attention_mask).to(device)
+        yb = torch.from_numpy(data.target(index)).to(device)
+        loss = goal.loss(model(xb, mask).output, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -169,8 +130,15 @@ def train(
     out = Path(out_dir)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    config, splits = load_data(config)
+    goal = objective(config.data.task)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model).to(config.train.device)
+    if config.model.head.task == "regression":
+        # Start the head at the training mean, so the loss starts at the targets' variance.
+        with torch.no_grad():
+            head: torch.nn.Linear = model.head  # type: ignore[assignment]
+            head.bias.copy_(torch.from_numpy(targets_of(splits["train"]).mean(axis=0)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "history": []}
 
@@ -183,21 +151,20 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.save_config(out, config)
 
-    data = make_data(config.data)
-    val = data["val"]
+    val = splits["val"]
 
     def val_loss_of(m: PoolingModel) -> float:
-        return signal_loss(predict(m, val.x, config.train.eval_batch_size, val.mask())[0], val.y)
+        return goal.val_loss(predict_split(m, val, config.train.eval_batch_size), val)
 
     if state["epoch"] == 0:
         # The untrained model's validation loss: the reference for "training lowered the loss".
         state["initial_val_loss"] = val_loss_of(model)
         print(f"epoch 0  val {state['initial_val_loss']:.5f} (untrained)", flush=True)
     for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
-        started = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, data["train"], config, epoch, progress)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        train_loss = _train_epoch(model, optimizer, splits["train"], goal, config, epoch, progress)
         val_loss = val_loss_of(model)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         best = val_loss < state["best_val"]
         if best:
             state["best_val"], state["best_epoch"] = val_loss, epoch
@@ -205,6 +172,7 @@ def train(
         state["epoch"] = epoch
         state["history"].append(
             {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "seconds": seconds}
+            | {"cpu_seconds": cpu_seconds}
         )
         checkpoint.save_training_state(out, model, optimizer, state)
         checkpoint.write_json(out / "history.json", state["history"])
@@ -216,7 +184,7 @@ def train(
 
     best_model, _ = checkpoint.load_model(out)
     best_model.to(config.train.device)
-    metrics = test_metrics(best_model, data["test"], config)
+    metrics = goal.test_metrics(best_model, splits, config)
     metrics.update(
         initial_val_loss=state["initial_val_loss"],
         best_val_loss=state["best_val"],
@@ -224,6 +192,7 @@ def train(
         epochs=state["epoch"],
         num_parameters=sum(p.numel() for p in best_model.parameters()),
         train_seconds=sum(h["seconds"] for h in state["history"]),
+        train_cpu_seconds=sum(h.get("cpu_seconds", 0.0) for h in state["history"]),
     )
     checkpoint.write_json(out / "metrics.json", metrics)
     return metrics
@@ -232,7 +201,9 @@ def train(
 def rescore_metrics(model: PoolingModel, config: RunConfig, old: dict[str, Any]) -> dict[str, Any]:
     """Test metrics recomputed with the current metrics code (after the signal rule changed, say),
     keeping the old record's training fields (epochs, losses, timings)."""
-    metrics = test_metrics(model.to(config.train.device), make_data(config.data)["test"], config)
+    config, splits = load_data(config)
+    model = model.to(config.train.device)
+    metrics = objective(config.data.task).test_metrics(model, splits, config)
     metrics.update({k: v for k, v in old.items() if k not in metrics})
     return metrics
 
@@ -254,15 +225,35 @@ def _check_resumable(saved: RunConfig, requested: RunConfig) -> None:
         raise ConfigError("cannot resume: the saved config differs (only train.epochs may change)")
 
 
+def base_config(args: argparse.Namespace) -> RunConfig:
+    """The run config before overrides: ``--config``'s TOML, or the default for ``--data``."""
+    if args.config is not None:
+        config = load_run_config(args.config)
+        if args.data is None and args.task is None:
+            return config
+        task = args.task or config.data.task
+        path = str(args.data) if args.data is not None else config.data.path
+        return dataclasses.replace(
+            config, data=dataclasses.replace(config.data, task=task, path=path)
+        )
+    if args.data is None or args.task is None:
+        raise ConfigError(
+            "give --config FILE, or --data PATH with --task classification|regression"
+        )
+    return file_run_config(args.data, args.task, read_dataset(args.data).dim)
+
+
 def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     """Apply the command-line overrides to a loaded config (re-validated)."""
     pooling = config.model.pooling
     if args.method is not None:
-        pooling = dataclasses.replace(pooling, method=args.method)
-    if args.query is not None:
-        if pooling.method != "adapool":
-            raise ConfigError("--query applies to --method adapool only")
-        pooling = dataclasses.replace(pooling, query=args.query)
+        values = pooling.values if args.method == "adapool" else "encoder"
+        pooling = dataclasses.replace(pooling, method=args.method, values=values)
+    for flag in ("query", "values"):
+        if getattr(args, flag) is not None:
+            if pooling.method != "adapool":
+                raise ConfigError(f"--{flag} applies to --method adapool only")
+            pooling = dataclasses.replace(pooling, **{flag: getattr(args, flag)})
     model = dataclasses.replace(config.model, pooling=pooling)
     data = config.data if args.k is None else dataclasses.replace(config.data, k=args.k)
     train_cfg = config.train
@@ -276,6 +267,8 @@ def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
 def default_run_name(config: RunConfig) -> str:
     pooling = config.model.pooling
     method = f"adapool-{pooling.query}" if pooling.method == "adapool" else pooling.method
+    if config.data.task in FILE_TASKS:
+        return f"{Path(config.data.path).stem}-{config.data.task}-{method}-seed{config.train.seed}"
     return f"{method}-k{config.data.k}-seed{config.train.seed}"
 
 
@@ -283,10 +276,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m models.train", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--config", required=True, type=Path, help="TOML run config")
+    parser.add_argument("--config", type=Path, help="TOML run config")
+    parser.add_argument(
+        "--data", type=Path, help="a data set file or folder (models.data; overrides data.path)"
+    )
+    parser.add_argument("--task", choices=FILE_TASKS, help="what --data's sets are labelled for")
     parser.add_argument("--k", type=int, help="signal tokens per sample (overrides data.k)")
     parser.add_argument("--method", choices=POOLING_METHODS, help="overrides pooling.method")
     parser.add_argument("--query", choices=QUERY_MODES, help="AdaPool query (overrides)")
+    parser.add_argument(
+        "--values", choices=("encoder", "inputs"), help="AdaPool values' source (overrides)"
+    )
     parser.add_argument("--seed", type=int, help="training seed (overrides train.seed)")
     parser.add_argument("--epochs", type=int, help="overrides train.epochs")
     parser.add_argument(
@@ -300,21 +300,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = apply_overrides(load_run_config(args.config), args)
+        config = apply_overrides(base_config(args), args)
         out = args.out or Path("runs") / default_run_name(config)
         metrics = train(config, out, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, FileExistsError) as exc:
+    except (ConfigError, DataFormatError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    w = metrics["weights"]
-    print(
-        f"test signal loss {metrics['signal_loss']:.5f} (best epoch {metrics['best_epoch']}); "
-        f"trivial: mean-of-all {metrics['trivial']['predict_mean_of_all']:.5f}, "
-        f"x0 {metrics['trivial']['predict_x0']:.5f}\n"
-        f"weights: signal mass {w['signal_mass']:.3f} (chance {w['signal_mass_chance']:.3f}), "
-        f"F1 {w['f1']:.3f} (all-tokens {w['f1_chance']:.3f})\n"
-        f"wrote {out}"
-    )
+    print(f"{summary(metrics)}\nwrote {out}")
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -19,19 +20,19 @@ from export.rescore import main as rescore_main
 from export.verify import main as verify_main
 from modelrepo import NAMED
 from models import train as training
-from models.checkpoint import load_model
+from models.checkpoint import load_model, save_model
 from models.data.knn_centroid import generate
 from models.metrics import SIGNAL_RULE
-from tests.export.conftest import VARIANTS, make_run_dir
+from tests.export.conftest import HEADS, VARIANTS, make_run_dir
 
 
 def test_every_variant_exports_and_verifies(
     repository: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert [v.name for v in find_versions(repository)] == sorted(VARIANTS)
+    assert [v.name for v in find_versions(repository)] == sorted([*VARIANTS, *HEADS])
     assert verify_main([str(repository)]) == 0
     out = capsys.readouterr().out
-    assert "5 of 5 model versions passed" in out
+    assert "7 of 7 model versions passed" in out
     assert "parity batch 2, tokens 300" in out and "parity padding filled with nan" in out
 
 
@@ -43,6 +44,7 @@ def test_manifest_describes_the_model(repository: Path) -> None:
         "query_index": 0,
         "query_indices": [],
         "residual": True,
+        "values": "encoder",
     }
     assert (manifest["input_dim"], manifest["output_dim"], manifest["heads"]) == (16, 16, 4)
     assert manifest["opset"] >= 18
@@ -195,7 +197,7 @@ def test_rescore_restates_metrics_under_the_current_rule(repository: Path, tmp_p
     manifest = json.loads(manifest_file.read_text())
     # As an export under an older rule would have written it (the fixture's runs have no metrics).
     model, config = load_model(repo / "adapool-mean" / "1" / "checkpoint")
-    old = training.test_metrics(model, training.make_data(config.data)["test"], config)
+    old = training.rescore_metrics(model, config, {})
     older = NAMED["uniform"]  # the project's rule before "quarter-max"
     old["weights"]["rule"] = older.definition
     old["epochs"] = 7
@@ -209,3 +211,61 @@ def test_rescore_restates_metrics_under_the_current_rule(repository: Path, tmp_p
     assert new["rescored"][0]["previous_signal_rule"] == older.definition
     assert rescore_main([str(repo)]) == 0  # idempotent
     assert len(json.loads(manifest_file.read_text())["rescored"]) == 1
+
+
+def test_head_models_export_their_outputs(repository: Path) -> None:
+    """A classifier exports logits and (its values come from the inputs) exact contributions;
+    a regressor exports its prediction; config.pbtxt and the manifest list every output."""
+    classifier = json.loads((repository / "classifier" / "1" / "manifest.json").read_text())
+    assert [o["name"] for o in classifier["outputs"]] == [
+        "pooled",
+        "weights",
+        "logits",
+        "contributions",
+    ]
+    assert classifier["outputs"][2]["shape"] == ["batch", 3]
+    assert classifier["outputs"][3]["shape"] == ["batch", "tokens", 3]
+    assert classifier["task"] == {"kind": "classification", "classes": ["0", "1", "2"]}
+    assert classifier["pooling"]["values"] == "inputs" and len(classifier["contribution_bias"]) == 3
+    assert all(
+        p["max_abs_diff_head"]["contributions"] < 1e-4 for p in classifier["export"]["parity"]
+    )
+    text = (repository / "classifier" / "config.pbtxt").read_text()
+    assert '{ name: "logits" data_type: TYPE_FP32 dims: [ 3 ] }' in text
+    assert '{ name: "contributions" data_type: TYPE_FP32 dims: [ -1, 3 ] }' in text
+    regressor = json.loads((repository / "regressor" / "1" / "manifest.json").read_text())
+    assert [o["name"] for o in regressor["outputs"]] == ["pooled", "weights", "prediction"]
+    assert regressor["task"] == {"kind": "regression", "num_targets": 2}
+    assert "contribution_bias" not in regressor
+
+
+def test_onnxruntime_contributions_add_up_to_the_logits(repository: Path) -> None:
+    """On the graph alone: bias + sum over tokens of contributions == logits, 0 on padding."""
+    version = repository / "classifier" / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 30, 16)).astype(np.float32)
+    mask = np.arange(30)[None, :] < np.array([30, 12, 5, 1])[:, None]
+    _, _, logits, contributions = session.run(None, {"embeddings": x, "attention_mask": mask})
+    bias = np.array(manifest["contribution_bias"], dtype=np.float32)
+    np.testing.assert_allclose(contributions.sum(axis=1) + bias, logits, atol=1e-5)
+    assert (contributions[~mask] == 0).all() and contributions.shape == (4, 30, 3)
+
+
+def test_verify_fails_contributions_that_do_not_add_up(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint whose head bias moved by 1 no longer matches the graph: the logits differ
+    by 1, and the graph's contributions no longer add up to its logits with the model's bias."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repository / "classifier", copy / "classifier")
+    version = copy / "classifier" / "1"
+    model, _ = load_model(version / "checkpoint")
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # the checkpoint no longer matches the graph
+    save_model(model, version / "checkpoint" / "model.safetensors")
+    assert verify_main([str(version)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL parity batch 2, tokens 300" in out
+    assert "logits 1.00e+00" in out and "contributions add up within 1.0e+00" in out

@@ -131,3 +131,16 @@ def test_a_classification_task_needs_its_logits_output() -> None:
 def test_a_rule_is_data_with_one_definition() -> None:
     rule = SignalRule("share_of_max", 0.5)
     assert Manifest.from_dict(broken(signal_rule=rule.to_dict())).signal_rule == rule
+
+
+def test_contributions_need_their_bias_and_round_trip() -> None:
+    """The committed classifier exports contributions: its manifest carries the constant bias;
+    without it the manifest is refused, naming the field."""
+    path = REPOSITORY / "digits-bags-adapool" / "1" / "manifest.json"
+    data = json.loads(path.read_text())
+    manifest = Manifest.from_dict(data)
+    assert len(manifest.contribution_bias) == 2 and manifest.pooling.values == "inputs"
+    assert manifest.signal_rule.kind == "largest_gap"
+    del data["contribution_bias"]
+    with pytest.raises(ManifestError, match="contribution_bias"):
+        Manifest.from_dict(data)

@@ -20,6 +20,9 @@ MASK = np.array([[True] * 5 + [False], [True] * 4 + [False] * 2])
         (SignalRule("uniform_share", 0.5), [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]),
         (SignalRule("mass", 0.8), [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]),
         (SignalRule("mass", 0.45), [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]]),
+        # the largest drop, 2.5x, follows the first token; uniform weights have none: all tokens
+        (SignalRule("largest_gap", 2.0), [[1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]),
+        (SignalRule("largest_gap", 3.0), [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]),
     ],
 )
 def test_select(rule: SignalRule, expected: list[list[int]]) -> None:
@@ -29,7 +32,7 @@ def test_select(rule: SignalRule, expected: list[list[int]]) -> None:
 def test_padding_is_never_signal_whatever_it_holds() -> None:
     w = W.copy()
     w[~MASK] = 9.0
-    for rule in NAMED.values():
+    for rule in [*NAMED.values(), SignalRule("largest_gap", 1.5)]:
         assert not rule.select(w, MASK)[~MASK].any()
 
 
@@ -57,6 +60,7 @@ def test_definitions(name: str, definition: str) -> None:
         ("magic", 0.5),
         ("mass", True),
         ("mass", "0.5"),
+        ("largest_gap", 1.0),
     ],
 )
 def test_bad_rules_are_refused(kind: str, value: object) -> None:

@@ -16,6 +16,7 @@ VARIANTS: dict[str, PoolingConfig] = {
     "adapool-mean": PoolingConfig(method="adapool", query="mean"),
     "adapool-indices": PoolingConfig(method="adapool", query="indices", query_indices=(0, 2)),
     "adapool-learned": PoolingConfig(method="adapool", query="learned"),
+    "adapool-faithful": PoolingConfig(method="adapool", query="mean", values="inputs"),
 }
 
 

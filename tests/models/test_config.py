@@ -15,7 +15,7 @@ from models import (
     load_run_config,
     to_dict,
 )
-from models.train import make_data
+from models.tasks import make_data
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = sorted([*ROOT.glob("configs/knn_centroid_*.toml"), *ROOT.glob("configs/bench/*.toml")])

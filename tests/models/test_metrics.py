@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import estimate_signal_set, signal_loss, weight_quality
+from models.metrics import NAMED_RULES, estimate_signal_set, signal_loss, weight_quality
 
 
 def test_signal_loss_is_the_mse() -> None:
@@ -30,7 +30,7 @@ def test_uniform_weights_sit_at_chance() -> None:
     # the project's rule reads uniform weights as "all tokens": exactly the chance F1
     assert q.estimated_size == 8 and q.f1 == pytest.approx(q.f1_chance)
     # the old rule (weight > 1/n) found nothing in them
-    old = weight_quality(uniform, np.ones((2, 8), bool), signal, rule="uniform")
+    old = weight_quality(uniform, np.ones((2, 8), bool), signal, NAMED_RULES["uniform"])
     assert old.estimated_size == 0 and old.f1 == 0 and old.precision == 0
 
 
@@ -70,4 +70,4 @@ def test_every_candidate_rule_on_known_weights(rule: str, expected: list[int]) -
     # the padded 6th token carries junk weight that no rule may pick or count
     w = np.array([[0.05, 0.5, 0.3, 0.12, 0.03, 0.9]])[:, [1, 2, 3, 0, 4, 5]]
     mask = np.array([[True] * 5 + [False]])
-    assert np.flatnonzero(estimate_signal_set(w, mask, rule)).tolist() == expected
+    assert np.flatnonzero(estimate_signal_set(w, mask, NAMED_RULES[rule])).tolist() == expected

@@ -12,7 +12,8 @@ import torch
 
 from models import checkpoint
 from models.config import ConfigError, load_run_config
-from models.train import main, make_data, predict, train
+from models.tasks import make_data
+from models.train import main, predict, train
 
 TINY = """
 [model]
@@ -46,7 +47,7 @@ def config_file(tmp_path: Path) -> Path:
 
 def history(run: Path) -> list[dict[str, float]]:
     return [
-        {k: v for k, v in h.items() if k != "seconds"}
+        {k: v for k, v in h.items() if k not in ("seconds", "cpu_seconds")}
         for h in json.loads((run / "history.json").read_text())
     ]
 

@@ -78,7 +78,7 @@ def test_same_rule_as_training_metrics() -> None:
         w = rng.dirichlet(np.full(n, 0.3), size=20)
         mask = np.ones((20, n), dtype=bool)
         for name in NAMED:
-            training = estimate_signal_set(w, mask, name)
+            training = estimate_signal_set(w, mask, NAMED[name])
             assert np.array_equal(training, summarise(w, mask, NAMED[name]).signal)
 
 
