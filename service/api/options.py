@@ -15,9 +15,10 @@ class Options:
     return_weights: WeightsMode = "mean"
     diagnostics: bool = True
     top_k: int = 5
+    contributions: bool = False  # each token's signed share of each output (faithful models)
 
 
-OPTIONS = ("return_weights", "diagnostics", "top_k")
+OPTIONS = ("return_weights", "diagnostics", "top_k", "contributions")
 
 
 def parse_options(
@@ -32,15 +33,8 @@ def parse_options(
     weights = body.get("return_weights", query.get("return_weights", "mean"))
     if weights not in ("none", "mean", "heads"):
         raise invalid("return_weights", f"must be none, mean or heads, got {weights!r}")
-    if "diagnostics" in body:
-        diagnostics = body["diagnostics"]
-        if not isinstance(diagnostics, bool):
-            raise invalid("diagnostics", f"must be true or false, got {diagnostics!r}")
-    else:
-        text = query.get("diagnostics", "true")
-        if text.lower() not in ("true", "false"):
-            raise invalid("diagnostics", f"must be true or false, got {text[:20]!r}")
-        diagnostics = text.lower() == "true"
+    diagnostics = _flag("diagnostics", query, body, True)
+    contributions = _flag("contributions", query, body, False)
     if "top_k" in body:
         top_k = body["top_k"]
         if type(top_k) is not int:  # bool is an int subclass: true is not a number of tokens
@@ -53,4 +47,17 @@ def parse_options(
             raise invalid("top_k", f"must be an integer, got {text[:20]!r}") from None
     if not 0 <= top_k <= max_top_k:
         raise invalid("top_k", f"must be in [0, {max_top_k}], got {top_k}")
-    return Options(return_weights=weights, diagnostics=diagnostics, top_k=top_k)
+    return Options(weights, diagnostics, top_k, contributions)
+
+
+def _flag(name: str, query: dict[str, str], body: dict[str, Any], default: bool) -> bool:
+    """A true/false option: typed in a JSON body, text in the query string."""
+    if name in body:
+        value = body[name]
+        if not isinstance(value, bool):
+            raise invalid(name, f"must be true or false, got {value!r}")
+        return value
+    text = query.get(name, str(default).lower())
+    if text.lower() not in ("true", "false"):
+        raise invalid(name, f"must be true or false, got {text[:20]!r}")
+    return text.lower() == "true"

@@ -89,6 +89,13 @@ class HttpCaller:
         batch, body_options = await decoders.decode(body, self.request.headers, self.query)
         options = {k: v for k, v in self.query.items() if k not in ("lengths", "version")}
         self.options = parse_options(options, body_options, MAX_TOP_K, self.settings.top_k)
+        assert served.manifest is not None
+        if self.options.contributions and "contributions" not in served.manifest.output_names:
+            raise invalid(
+                "contributions",
+                f"model {served.label} has no contributions output (only models whose pooled "
+                "values are their input tokens, pooling.values = inputs, have them)",
+            )
         wants = self.media == JSON and self.options.diagnostics
         return Work(batch, diagnostics=wants, top_k=self.options.top_k)
 

@@ -28,6 +28,16 @@ class PoolResponse(BaseModel):
     weights: list[Any] | None = Field(
         None, description="per item: [n] head-mean weights, or [H][n] with return_weights=heads"
     )
+    label: list[str] | None = Field(None, description="classification: each item's class")
+    probabilities: list[list[float]] | None = Field(
+        None, description="classification: [B][C] softmax of the logits"
+    )
+    prediction: list[list[float]] | None = Field(None, description="regression: [B][T]")
+    contributions: list[list[list[float]]] | None = Field(
+        None,
+        description="with contributions=true: per item [n][C or T], each token's exact signed "
+        "share of each logit or prediction (models with pooling.values = inputs)",
+    )
     diagnostics: list[ItemDiagnostics] | None = None
     request_id: str
 
@@ -133,13 +143,15 @@ POOL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 _OPTIONS = (
     "Options (query parameters; a JSON body may carry the same keys): return_weights = none | "
-    "mean | heads (default mean), diagnostics = true | false (default true), top_k (default 5). "
+    "mean | heads (default mean), diagnostics = true | false (default true), top_k (default 5), "
+    "contributions = true | false (default false; models with faithful values). "
     "Any other option is refused with 422."
 )
 _BODY_OPTIONS: dict[str, Any] = {
     "return_weights": {"type": "string", "enum": ["none", "mean", "heads"]},
     "diagnostics": {"type": "boolean"},
     "top_k": {"type": "integer", "minimum": 0, "maximum": 1024},
+    "contributions": {"type": "boolean"},
 }
 _CSV = "^[0-9]+(,[0-9]+)*$"
 
@@ -244,6 +256,7 @@ POOL_OPENAPI: dict[str, Any] = {
             "schema": {"type": "string", "enum": ["none", "mean", "heads"]},
         },
         {"name": "diagnostics", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "contributions", "in": "query", "schema": {"type": "boolean"}},
         {
             "name": "top_k",
             "in": "query",

@@ -74,6 +74,26 @@ class PoolResult:
     metrics: ModelMetrics  # the model's series, for the front-end's own stages (encode)
 
     @property
+    def probabilities(self) -> NDArray[np.float32] | None:
+        """(b, C) softmax of a classification model's logits (None for other tasks)."""
+        logits = self.outputs.get("logits")
+        if logits is None:
+            return None
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities: NDArray[np.float32] = shifted / shifted.sum(axis=1, keepdims=True)
+        return probabilities
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Each item's predicted class, by the manifest's class names."""
+        logits = self.outputs.get("logits")
+        manifest = self.served.manifest
+        if logits is None or manifest is None:
+            return None
+        classes = manifest.task.classes
+        return [classes[i] for i in logits.argmax(axis=1).tolist()]
+
+    @property
     def mean_weights(self) -> NDArray[np.float32]:
         """(b, n) head-mean weights over each item's submitted tokens."""
         if self.summary is not None:

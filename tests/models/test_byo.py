@@ -1,5 +1,6 @@
 """README, "Bring your own embeddings": its Python block and its three commands, run as written
-in an empty folder, give an exported model that passes export.verify."""
+in an empty folder, give an exported model that passes export.verify, and the real server then
+serves it: labels, probabilities and contributions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+
+from bench import process
 
 ROOT = Path(__file__).parents[2]
 
@@ -51,3 +56,15 @@ def test_the_documented_commands_train_export_and_verify(tmp_path: Path) -> None
         "contributions",
     ]
     assert manifest["input_dim"] == 64 and manifest["metrics"]["num_test"] == 40
+
+    # Served as make run serves a repository: python -m service on it, then one request.
+    repository = tmp_path / "model_repository"
+    x = np.random.default_rng(1).standard_normal((2, 5, 64)).astype(np.float32)
+    flags = ["--default-model", "my-model"]
+    with process.running_server(repository, flags) as (url, _):
+        answer = httpx.post(
+            f"{url}/pool?contributions=true", json={"embeddings": x.tolist()}
+        ).json()
+    assert all(label in ("no", "yes") for label in answer["label"])
+    np.testing.assert_allclose(np.sum(answer["probabilities"], axis=1), 1.0, atol=1e-6)
+    assert np.asarray(answer["contributions"]).shape == (2, 5, 2)

@@ -83,8 +83,7 @@ class PooledItem:
         length: n, the item's token count (for an ``attention_mask`` with holes: up to its last
             real token).
         label, probabilities, prediction: for classification (label, (C,) probabilities) and
-            regression ((T,) prediction) models; None for pooling-only models, which are all
-            the service serves today.
+            regression ((T,) prediction) models; None for pooling-only models.
     """
 
     pooled: Float32Array
@@ -114,8 +113,8 @@ class PoolResult:
         provider: the ONNX Runtime execution provider that ran it (``CPUExecutionProvider``...).
         request_id: the server's id for the request (``X-Request-Id``).
         label: per item, for classification models; probabilities (B, C) likewise.
-        prediction: (B, T) for regression models. These three stay None for the pooling-only
-            models served today; they are filled when the service returns them.
+        prediction: (B, T) for regression models. These three are None for pooling-only
+            models (in a ``.npy`` answer too: it carries the pooled vectors alone).
 
     ``len(result)``, ``result[i]`` (a :class:`PooledItem`) and iteration go item by item.
     """

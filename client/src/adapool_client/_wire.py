@@ -236,6 +236,7 @@ def pool_result(request: Request, response: httpx.Response) -> PoolResult:
         "request_id": headers.get("x-request-id", ""),
     }
     lengths = request.lengths
+    task: dict[str, Any] = {}
     if media == NPY:
         pooled = read_npy(response.content)
         weights = None
@@ -243,12 +244,19 @@ def pool_result(request: Request, response: httpx.Response) -> PoolResult:
         arrays = read_npz(response.content)
         pooled, lengths = arrays["pooled"], arrays["lengths"].astype(np.int64)
         weights = _trimmed(arrays["weights"], lengths.tolist(), request.weights)
+        if "probabilities" in arrays:  # a classification model
+            classes = arrays["classes"].tolist()
+            task["label"] = tuple(classes[i] for i in arrays["label"].tolist())
+            task["probabilities"] = _array(arrays["probabilities"])
+        if "prediction" in arrays:  # a regression model
+            task["prediction"] = _array(arrays["prediction"])
     return PoolResult(
         pooled=frozen(pooled.astype(np.float32, copy=False)),
         weights=weights,
         lengths=frozen(np.array(lengths, dtype=np.int64)),
         diagnostics=None,
         **meta,
+        **task,
     )
 
 
@@ -257,10 +265,14 @@ def _array(value: Any) -> Float32Array:
 
 
 def _from_json(request: Request, body: Mapping[str, Any]) -> PoolResult:
-    # label, probabilities and prediction stay None: no served model has them yet, and their
-    # wire form is not fixed (issue 18); they are read here and from the .npz when it is.
     weights = body.get("weights")
     diagnostics = body.get("diagnostics")
+    task: dict[str, Any] = {}
+    if body.get("label") is not None:  # a classification model
+        task["label"] = tuple(body["label"])
+        task["probabilities"] = _array(body["probabilities"])
+    if body.get("prediction") is not None:  # a regression model
+        task["prediction"] = _array(body["prediction"])
     return PoolResult(
         pooled=_array(body["pooled"]),
         weights=None if weights is None else tuple(_array(w) for w in weights),
@@ -272,4 +284,5 @@ def _from_json(request: Request, body: Mapping[str, Any]) -> PoolResult:
         version=int(body["version"]),
         provider=str(body["provider"]),
         request_id=str(body["request_id"]),
+        **task,
     )
