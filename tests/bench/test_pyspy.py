@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from bench import pyspy
 from service.app import create_app
 from service.settings import Settings
-from tests.service.server import REPOSITORY
+from tests.service.server import REPOSITORY, STARTUP_SECONDS
 
 pytestmark = pytest.mark.anyio
 ROOTS = sorted({p.rstrip("/") for p in sys.path if p}, key=len, reverse=True)
@@ -70,7 +70,7 @@ async def test_real_stacks_fall_into_every_stage() -> None:
     x = np.random.default_rng(0).standard_normal((8, 32, 16)).astype(np.float32)
     stacks = Stacks()
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         threading.setprofile(stacks)  # the batcher's worker thread starts on its first run

@@ -18,6 +18,7 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app
 from service.settings import Settings
 from tests.reliability.common import REPOSITORY
+from tests.service.server import STARTUP_SECONDS
 
 pytestmark = pytest.mark.anyio
 D = 16
@@ -34,7 +35,7 @@ async def client(model: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_repository=REPOSITORY, models=[model], default_model=model)
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         yield c

@@ -32,6 +32,7 @@ from bench import process
 from service.app import create_app
 from service.settings import Settings
 from tests.reliability.common import REPOSITORY, assert_error, serves, tool, valid_body
+from tests.service.server import STARTUP_SECONDS
 
 pytestmark = pytest.mark.anyio
 KEY = "s3cret-Key_0123456789"
@@ -71,7 +72,7 @@ async def client(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]
     app = create_app(Settings(model_repository=REPOSITORY, **settings))
     transport = httpx.ASGITransport(app=app)
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=transport, base_url="http://test") as c,
     ):
         yield c, app

@@ -17,3 +17,8 @@ def running_server(*flags: str, ready_timeout: float = 60.0) -> Iterator[str]:
     """Yield the base URL of a server on the committed repository, started with ``flags``."""
     with process.running_server(REPOSITORY, flags, ready_timeout=ready_timeout) as (url, _):
         yield url
+
+
+# asgi-lifespan gives an app 5 s to start by default; loading the committed models and timing
+# each for its batch policy takes longer than that on a loaded machine.
+STARTUP_SECONDS = 120.0

@@ -21,7 +21,7 @@ from service.__main__ import parse_args
 from service.app import create_app
 from service.server import GracefulServer
 from service.settings import Settings, settings_table
-from tests.service.server import REPOSITORY, free_port
+from tests.service.server import REPOSITORY, STARTUP_SECONDS, free_port
 
 pytestmark = pytest.mark.anyio
 BODY = {"embeddings": [[[0.1] * 16] * 4]}
@@ -32,7 +32,7 @@ DEFAULT = Settings.model_fields["default_model"].default
 async def client(**settings: object) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(model_repository=REPOSITORY, **settings))  # type: ignore[arg-type]
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
     ):
         yield c
@@ -120,7 +120,7 @@ async def test_request_id_is_echoed_or_made() -> None:
 async def test_unknown_default_model_fails_startup() -> None:
     app = create_app(Settings(model_repository=REPOSITORY, default_model="missing"))
     with pytest.raises(RuntimeError, match="default model 'missing'"):
-        async with LifespanManager(app):
+        async with LifespanManager(app, startup_timeout=STARTUP_SECONDS):
             pass
 
 
@@ -201,7 +201,7 @@ async def test_a_broken_model_is_not_ready_in_metrics_and_refusals_are_counted(
     (repo / "knn-avg" / "1" / "model.onnx").write_bytes(b"not an onnx file")
     app = create_app(Settings(model_repository=repo, default_model="knn-adapool-ego"))
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
     ):
         assert (await c.get("/health/ready")).status_code == 503

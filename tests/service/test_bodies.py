@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.server import REPOSITORY
+from tests.service.server import REPOSITORY, STARTUP_SECONDS
 
 pytestmark = pytest.mark.anyio
 D = 16
@@ -27,7 +27,7 @@ D = 16
 async def client(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     app = create_app(Settings(model_repository=REPOSITORY, **settings))
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         yield c, app

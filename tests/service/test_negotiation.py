@@ -10,7 +10,7 @@ from service.api.negotiation import JSON, NPY, NPZ, negotiate
 from service.app import create_app
 from service.errors import NotAcceptable
 from service.settings import Settings
-from tests.service.server import REPOSITORY
+from tests.service.server import REPOSITORY, STARTUP_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ async def test_a_repeated_query_parameter_is_refused(anyio_backend: str) -> None
     app = create_app(Settings(model_repository=REPOSITORY))
     body = {"embeddings": [[[0.1] * 16] * 3]}
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         for url in ("/pool?top_k=1&top_k=2", "/models/knn-avg/pool?version=1&version=2"):

@@ -17,7 +17,7 @@ from service.app import create_app
 from service.core.batching import Batcher, BatchLimits
 from service.core.policy import choose, measure
 from service.settings import Settings
-from tests.service.server import REPOSITORY
+from tests.service.server import REPOSITORY, STARTUP_SECONDS
 from tests.service.test_batching import fake_model, job
 
 
@@ -102,7 +102,7 @@ async def test_pins_and_what_info_says(anyio_backend: str, tmp_path: Path) -> No
             Settings(model_repository=repo, default_model="knn-avg", **settings)  # type: ignore[arg-type]
         )
         async with (
-            LifespanManager(app),
+            LifespanManager(app, startup_timeout=STARTUP_SECONDS),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
         ):
             info = (await c.get("/info")).json()["batch_policies"]

@@ -16,7 +16,7 @@ from asgi_lifespan import LifespanManager
 from modelrepo import read_manifest
 from service.app import create_app
 from service.settings import Settings
-from tests.service.server import REPOSITORY
+from tests.service.server import REPOSITORY, STARTUP_SECONDS
 
 pytestmark = pytest.mark.anyio
 MODEL = "digits-bags-adapool"
@@ -32,7 +32,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_repository=REPOSITORY, models=[MODEL, "knn-avg"], default_model=MODEL)
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=STARTUP_SECONDS),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         yield c
