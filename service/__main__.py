@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.config import STARTUP_FAILURE
 
 from service.app import create_app
+from service.connections import ConnectionGate, GuardedConfig, Limits, fit_descriptors
 from service.server import GracefulServer
 from service.settings import Settings
 
@@ -52,12 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings: %s", json.dumps(settings.model_dump(mode="json", exclude={"api_key"}))
     )
     app = create_app(settings)
-    config = uvicorn.Config(
+    backlog = 2048  # uvicorn's default; the kernel caps it at net.core.somaxconn
+    max_connections = fit_descriptors(settings.max_connections, backlog)
+    limits = Limits.from_settings(settings)
+    gate = ConnectionGate(limits, max_connections, settings.reserved_connections)
+    config = GuardedConfig(
         app,
+        gate,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        backlog=backlog,
     )
     server = GracefulServer(
         config,
