@@ -22,7 +22,8 @@ Across connections, :class:`ConnectionGate` keeps at most ``max_connections`` op
 beyond ``max_connections - reserved_connections`` replaces the oldest connection still waiting
 for a request head; when none is waiting it is served for health and metrics only (the
 reserve), and beyond ``max_connections`` it gets 503 at once. Every refusal carries the /pool
-API's JSON error body and ``Connection: close``.
+API's JSON error body and ``Connection: close``; but for the 503 at the cap, the close lingers
+(the client's further bytes are dropped for up to a second) so that the client reads it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from service.settings import Settings
 log = logging.getLogger("adapool.service")
 # Paths still served on the reserved connections (probes and scrapes).
 RESERVED_PATHS = ("/health/", "/metrics", "/v2/health/")
+# How long a refused connection's further bytes are read and dropped before it is closed.
+LINGER_SECONDS = 1.0
 # Descriptors beyond the connections: the listener, models, logs and worker pipes.
 OTHER_DESCRIPTORS = 256
 
@@ -171,8 +174,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         admitted = self.gate.admit(self)
-        if admitted is None:
-            self.refuse(TooManyConnections(f"the server holds {self.gate.open} connections"))
+        if admitted is None:  # closed at once: the descriptor is what is short
+            error = TooManyConnections(f"the server holds {self.gate.open} connections")
+            self.refuse(error, linger=0)
             return
         self.reserve_only = admitted
         self._arm_head_timer()
@@ -205,15 +209,24 @@ class GuardedProtocol(HttpToolsProtocol):
             if self.head_bytes > self.limits.max_header_bytes:
                 self.refuse(self._head_too_large(self.head_bytes, finished=False))
 
-    def refuse(self, error: ServiceError) -> None:
-        """Answer ``error`` (unless the app has started an answer) and close the connection."""
+    def refuse(self, error: ServiceError, linger: float = LINGER_SECONDS) -> None:
+        """Answer ``error`` (unless the app has started an answer) and close the connection.
+
+        With ``linger``, the close is a lingering one: the answer goes out with an end of file,
+        and what the client still sends is read and dropped for up to ``linger`` seconds (or
+        until it closes), so that its unread bytes do not turn the close into a reset that
+        would discard the answer before the client reads it."""
         if self.refused:
             return
         self.refused = True
         self.gate.leave(self)
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             self.transport.write(refusal(error, self.server_state.default_headers))
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(linger, self.transport.close)
+        else:
+            self.transport.close()
 
     # Parser callbacks
     def on_message_begin(self) -> None:
