@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
-	compare wheelhouse image base-image
+	hostile compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -57,6 +57,9 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
+
+hostile: setup  ## hostile clients (huge header, 20,000 silent connections, slowloris) and the limits' cost (needs hey)
+	$(BIN)/python -m bench.hostile $(ARGS)
 
 $(VENV)/.bench.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev,bench]'

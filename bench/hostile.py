@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import queue
 import selectors
 import socket
 import statistics
@@ -90,11 +91,18 @@ def read_answer(sock: socket.socket, timeout: float) -> bytes:
 
 def exchange(where: Address, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
     """Connect, send ``data``, read the answer to the close: (answer, seconds from connecting)."""
+    answer, seconds, _ = timed_exchange(where, data, timeout)
+    return answer, seconds
+
+
+def timed_exchange(where: Address, data: bytes, timeout: float) -> tuple[bytes, float, float]:
+    """As :func:`exchange`, with the seconds the connection itself took."""
     started = time.perf_counter()
     with socket.create_connection(where, timeout=timeout) as sock:
+        connected = time.perf_counter()
         sock.sendall(data)
         answer = read_answer(sock, timeout)
-    return answer, time.perf_counter() - started
+    return answer, time.perf_counter() - started, connected - started
 
 
 def status_of(answer: bytes) -> int:
@@ -108,6 +116,7 @@ class Latencies:
     """What the normal client saw: seconds from connecting to the answer, and the failures."""
 
     seconds: list[float] = field(default_factory=list)
+    connect_seconds: list[float] = field(default_factory=list)  # of those, connecting
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
@@ -118,6 +127,7 @@ class Latencies:
             "p50_ms": 1e3 * statistics.median(ordered),
             "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
             "max_ms": 1e3 * ordered[-1],
+            "max_connect_ms": 1e3 * max(self.connect_seconds, default=float("nan")),
         }
 
 
@@ -131,12 +141,13 @@ def normal_client(where: Address, data: bytes, pause: float = 0.005) -> Iterator
     def loop() -> None:
         while not stop.is_set():
             try:
-                answer, seconds = exchange(where, data, timeout=5.0)
+                answer, seconds, connecting = timed_exchange(where, data, timeout=5.0)
             except OSError as exc:
                 seen.failures.append(repr(exc))
             else:
                 if status_of(answer) == 200:
                     seen.seconds.append(seconds)
+                    seen.connect_seconds.append(connecting)
                 else:
                     seen.failures.append(answer[:200].decode("latin-1"))
             stop.wait(pause)
@@ -242,7 +253,14 @@ def silent_flood(where: Address, count: int, processes: int, hold: float) -> lis
     ]
     for child in children:
         child.start()
-    results = [out.get(timeout=hold + 120) for _ in children]
+    results: list[Silent] = []
+    deadline = time.monotonic() + hold + 120
+    while len(results) < len(children):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            if any(c.exitcode not in (None, 0) for c in children) or time.monotonic() > deadline:
+                raise RuntimeError("a process holding silent connections failed") from None
     for child in children:
         child.join(timeout=10)
     return results

@@ -9,7 +9,8 @@ connection, :class:`GuardedProtocol` adds:
 - a head limit: the request line and headers of one request are at most ``max_header_bytes``,
   counted as they arrive; over it, 431 and the connection is closed;
 - a head deadline: a complete head within ``header_timeout_seconds`` of connecting (or of its
-  first byte after a keep-alive pause); else 408 and closed;
+  first byte after a keep-alive pause); else 408 and closed (closed without an answer if it
+  has sent nothing at all);
 - a body deadline: the body within ``body_timeout_seconds`` plus its size at
   ``body_min_bytes_per_second``; else 408 and closed;
 - lifetime caps: ``Connection: close`` after ``max_requests_per_connection`` requests or on the
@@ -303,9 +304,15 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _head_deadline(self) -> None:
         self.head_timer = None
-        if self.in_head and not self.transport.is_closing():
-            seconds = self.limits.header_timeout
-            self.refuse(RequestTimeout(f"no complete request head within {seconds:g} s"))
+        if not self.in_head or self.transport.is_closing():
+            return
+        if not self.head_bytes and not self.requests:  # silent from the start: no answer
+            self.refused = True
+            self.gate.leave(self)
+            self.transport.close()
+            return
+        seconds = self.limits.header_timeout
+        self.refuse(RequestTimeout(f"no complete request head within {seconds:g} s"))
 
     def _body_deadline(self) -> None:
         """The body so far must have come at ``body_min_rate`` after the grace period."""
@@ -347,17 +354,18 @@ def refusal(error: ServiceError, default_headers: list[tuple[bytes, bytes]]) -> 
 
 
 def fit_descriptors(max_connections: int, backlog: int) -> int:
-    """Raise the soft file-descriptor limit towards what ``max_connections`` needs (the
-    connections, those accepted at once from a full ``backlog`` before they are refused, and
-    the process's other files); returns the cap that fits under the limit reached."""
+    """Raise the soft file-descriptor limit towards what ``max_connections`` needs (twice the
+    connections: as many again may be lingering after a refusal; those accepted at once from a
+    full ``backlog`` before they are refused; the process's other files); returns the cap that
+    fits under the limit reached."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = max_connections + backlog + OTHER_DESCRIPTORS
+    needed = 2 * max_connections + backlog + OTHER_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and soft < needed:
         soft = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return max_connections
-    fits = max(1, soft - backlog - OTHER_DESCRIPTORS)
+    fits = max(1, (soft - backlog - OTHER_DESCRIPTORS) // 2)
     log.warning(
         "max_connections %d does not fit the file-descriptor limit %d: capped at %d",
         max_connections,

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="time to send a complete request head, from connecting or from its first "
-        "byte; else 408 and closed (silent connections, slowloris)",
+        "byte; else 408 and closed, or just closed if nothing came (silent connections, slowloris)",
     )
     body_timeout_seconds: float = Field(
         10.0,
