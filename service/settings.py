@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         None, gt=0, description="pin every model's run size in padded tokens (none: per model)"
     )
     batch_probe_seconds: float = Field(
-        0.25, gt=0, description="about this long per model for the start-up measurement"
+        0.25,
+        gt=0,
+        description="about this long per model for the start-up measurement (3 rounds at least)",
     )
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill (0: batch what queued meanwhile)"
