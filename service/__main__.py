@@ -46,7 +46,8 @@ def guarded_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     backlog = 2048  # uvicorn's default; the kernel caps it at net.core.somaxconn
     max_connections = fit_descriptors(settings.max_connections, backlog)
     limits = Limits.from_settings(settings)
-    gate = ConnectionGate(limits, max_connections, settings.reserved_connections)
+    metrics = app.state.runtime.metrics
+    gate = ConnectionGate(limits, max_connections, settings.reserved_connections, metrics)
     return GuardedConfig(
         app,
         gate,

@@ -50,6 +50,7 @@ from service.errors import (
     ServiceError,
     TooManyConnections,
 )
+from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("adapool.service")
@@ -92,14 +93,16 @@ class ConnectionGate:
     connection may replace. Connections that are being answered are never replaced.
     """
 
-    def __init__(self, limits: Limits, max_connections: int, reserved: int) -> None:
+    def __init__(
+        self, limits: Limits, max_connections: int, reserved: int, metrics: Metrics
+    ) -> None:
         self.limits = limits
         self.max_connections = max_connections
         self.general = max(1, max_connections - reserved)
         self.open = 0
         self.waiting: dict[GuardedProtocol, None] = {}  # insertion order: oldest first
-        self.replaced = 0
-        self.refused = 0
+        self.metrics = metrics
+        self._refused: dict[str, Any] = {}  # each reason's counter, resolved once
 
     def admit(self, connection: GuardedProtocol) -> bool | None:
         """Count ``connection`` in: True to serve it on the reserve only, None to refuse it."""
@@ -107,12 +110,12 @@ class ConnectionGate:
             oldest = next(iter(self.waiting))
             self.leave(oldest)
             oldest.transport.close()
-            self.replaced += 1
+            self.count("replaced")
         if self.open >= self.max_connections:
-            self.refused += 1
             return None
         reserve = self.open >= self.general
         self.open += 1
+        self.metrics.connections.set(self.open)
         connection.admitted = True
         self.waiting[connection] = None
         return reserve
@@ -122,7 +125,15 @@ class ConnectionGate:
         if connection.admitted:
             connection.admitted = False
             self.open -= 1
+            self.metrics.connections.set(self.open)
             self.waiting.pop(connection, None)
+
+    def count(self, reason: str) -> None:
+        """Count a connection refused or closed by a limit, under ``reason``."""
+        child = self._refused.get(reason)
+        if child is None:
+            child = self._refused[reason] = self.metrics.refused_connections.labels(reason)
+        child.inc()
 
     def busy(self, connection: GuardedProtocol) -> None:
         """A request of ``connection`` is in progress: it may not be replaced."""
@@ -221,6 +232,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self.refused = True
         self.gate.leave(self)
+        self.gate.count(error.type)
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             self.transport.write(refusal(error, self.server_state.default_headers))
         if linger and self.transport.can_write_eof():
@@ -309,6 +321,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.head_bytes and not self.requests:  # silent from the start: no answer
             self.refused = True
             self.gate.leave(self)
+            self.gate.count("silent")
             self.transport.close()
             return
         seconds = self.limits.header_timeout

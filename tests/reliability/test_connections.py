@@ -39,6 +39,7 @@ from bench.hostile import (
     unfinished_header,
 )
 from service.connections import LINGER_SECONDS
+from tests.reliability.common import sample, scrape
 from tests.service.server import running_server
 
 MODEL = "knn-avg"
@@ -141,7 +142,14 @@ def test_an_unfinished_head_gets_408_at_the_header_deadline(limited: Address) ->
     assert answer == b"" and 1.0 <= seconds <= 2.0, (answer, seconds)
 
 
+def closed_by_reason(where: Address) -> dict[str, float]:
+    samples = scrape("http://{}:{}".format(*where))
+    reasons = ("silent", "replaced", "request_timeout")
+    return {r: sample(samples, "adapool_refused_connections_total", reason=r) for r in reasons}
+
+
 def test_many_silent_connections_are_closed_and_new_clients_served(limited: Address) -> None:
+    before = closed_by_reason(limited)
     results: list[Silent] = []
     with normal_client(limited, pool_request()) as seen:
         attacker = threading.Thread(target=lambda: results.append(hold_silent(limited, 1000, 8)))
@@ -153,6 +161,12 @@ def test_many_silent_connections_are_closed_and_new_clients_served(limited: Addr
     # Beyond the cap the oldest are replaced at once; the rest meet the 1 s deadline.
     assert flood.last_close_seconds <= 4.0, flood
     assert_prompt(seen)
+    after = closed_by_reason(limited)
+    print("closed by reason:", {r: after[r] - before[r] for r in after})
+    assert after["replaced"] > before["replaced"] and after["silent"] > before["silent"]
+    assert sum(after.values()) - sum(before.values()) >= 1000
+    samples = scrape("http://{}:{}".format(*limited))
+    assert sample(samples, "adapool_connections") <= 8  # the scrape's own, and little else
 
 
 def test_slowloris_is_closed_at_the_header_deadline(limited: Address) -> None:

@@ -9,6 +9,7 @@ import resource
 from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from service.api.errors import error_body
@@ -21,6 +22,7 @@ from service.connections import (
     refusal,
 )
 from service.errors import HeadersTooLarge, TooManyConnections
+from service.metrics import Metrics
 from service.settings import Settings
 
 
@@ -41,7 +43,12 @@ class Connection:
 
 
 def gate(max_connections: int = 4, reserved: int = 1) -> ConnectionGate:
-    return ConnectionGate(Limits.from_settings(Settings()), max_connections, reserved)
+    metrics = Metrics(CollectorRegistry())
+    return ConnectionGate(Limits.from_settings(Settings()), max_connections, reserved, metrics)
+
+
+def value(g: ConnectionGate, name: str, **labels: str) -> float | None:
+    return g.metrics.registry.get_sample_value(name, labels)
 
 
 def admit(g: ConnectionGate, connection: Connection) -> bool | None:
@@ -56,7 +63,9 @@ def test_the_gate_admits_up_to_the_general_share_then_replaces_the_oldest_waitin
     newcomer = Connection()
     assert admit(g, newcomer) is False
     assert (first.transport.closed, second.transport.closed) == (False, True)
-    assert (g.open, g.replaced, second.admitted) == (3, 1, False)
+    assert (g.open, second.admitted) == (3, False)
+    assert value(g, "adapool_refused_connections_total", reason="replaced") == 1
+    assert value(g, "adapool_connections") == 3
     g.idle(cast(GuardedProtocol, first))  # answered: waiting again, now the newest
     assert admit(g, Connection()) is False
     assert third.transport.closed and not first.transport.closed
@@ -72,10 +81,10 @@ def test_with_none_waiting_the_reserve_then_a_refusal() -> None:
     assert admit(g, reserve) is True  # served for health and metrics only
     g.busy(cast(GuardedProtocol, reserve))
     assert admit(g, Connection()) is None
-    assert (g.open, g.refused) == (3, 1)
+    assert g.open == 3
     g.leave(cast(GuardedProtocol, held[0]))
     g.leave(cast(GuardedProtocol, held[0]))  # counted out once
-    assert g.open == 2
+    assert g.open == 2 and value(g, "adapool_connections") == 2
     assert admit(g, Connection()) is True
 
 
