@@ -1,7 +1,8 @@
 """``make hostile``: hostile clients against the real server on loopback, and what the
 connection limits (``service/connections.py``) cost.
 
-    python -m bench.hostile [--megabytes 48] [--silent 20000] [--slowloris 200] [--seconds 8]
+    python -m bench.hostile [--megabytes 48] [--silent 20000] [--slowloris 200]
+                            [--seconds 4] [--rounds 5]
 
 Against ``python -m service`` with its default settings, on the committed repository:
 
@@ -15,8 +16,8 @@ Against ``python -m service`` with its default settings, on the committed reposi
 3. slowloris: ``--slowloris`` connections each sending one header line every 2 s: when each
    was closed (the header deadline, 10 s by default);
 4. the cost: hey on ``/pool`` against the service and against the same app on uvicorn's own
-   httptools protocol without the limits (``python -m bench.plain_server``), alternated twice
-   in the same run: requests/s and their ratio.
+   httptools protocol without the limits (``python -m bench.plain_server``), both up at once
+   and measured in turn ``--rounds`` times: requests/s, each pair's ratio and their median.
 
 Every figure comes from this run. The clients share the machine's cores with the server.
 """
@@ -26,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import queue
 import selectors
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -342,21 +345,31 @@ def slowloris_run(where: Address, count: int, hold: float) -> dict[str, Any]:
 
 
 def cost_run(flags: list[str], seconds: float, concurrency: int, rounds: int) -> dict[str, Any]:
-    """hey on /pool against the service and the same app without the limits, alternated."""
+    """hey on /pool against the service and the same app without the limits, both servers up
+    at once and measured in turn, ``rounds`` times: each pair's ratio, and their median."""
     rates: dict[str, list[float]] = {"limits": [], "no_limits": []}
-    with tempfile.TemporaryDirectory() as folder:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        running_server(REPOSITORY, flags) as (limited, _),
+        running_server(REPOSITORY, flags, module="bench.plain_server") as (plain, _),
+    ):
         body = Path(folder) / "body.json"
         body.write_bytes(pool_body())
+        endpoints = {"limits": limited, "no_limits": plain}
+        for url in endpoints.values():  # warm-up
+            hey.run(f"{url}/models/{MODEL}/pool", body, "application/json", {}, concurrency, 1.0)
         for _ in range(rounds):
-            for name, module in (("limits", "service"), ("no_limits", "bench.plain_server")):
-                with running_server(REPOSITORY, flags, module=module) as (url, _):
-                    endpoint = f"{url}/models/{MODEL}/pool"
-                    hey.run(endpoint, body, "application/json", {}, concurrency, 1.0)  # warm-up
-                    result = hey.run(endpoint, body, "application/json", {}, concurrency, seconds)
-                    assert result.failed == 0, result
-                    rates[name].append(result.requests_per_second)
-    on, off = statistics.median(rates["limits"]), statistics.median(rates["no_limits"])
-    return {"requests_per_second": rates, "ratio_limits_to_none": on / off}
+            for name, url in endpoints.items():
+                endpoint = f"{url}/models/{MODEL}/pool"
+                result = hey.run(endpoint, body, "application/json", {}, concurrency, seconds)
+                assert result.failed == 0, result
+                rates[name].append(result.requests_per_second)
+    ratios = [on / off for on, off in zip(rates["limits"], rates["no_limits"], strict=True)]
+    return {
+        "requests_per_second": rates,
+        "ratios": ratios,
+        "median_ratio_limits_to_none": statistics.median(ratios),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -367,9 +380,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--silent", type=int, default=20_000, help="silent connection attempts")
     parser.add_argument("--processes", type=int, default=4, help="processes sending them")
     parser.add_argument("--slowloris", type=int, default=200, help="slowloris connections")
-    parser.add_argument("--seconds", type=float, default=8.0, help="each hey run of the cost")
+    parser.add_argument("--seconds", type=float, default=4.0, help="each hey run of the cost")
     parser.add_argument("--concurrency", type=int, default=16, help="hey's connections")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of the cost")
+    parser.add_argument("--rounds", type=int, default=5, help="pairs of hey runs for the cost")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "hostile.json")
     return parser.parse_args(argv)
 
@@ -380,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}")
         return 2
     flags = ["--models", MODEL, "--default-model", MODEL]
-    results: dict[str, Any] = {"command": "python -m bench.hostile " + " ".join(argv or [])}
+    given = sys.argv[1:] if argv is None else argv
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench.hostile", *given]),
+        "load_average_before": os.getloadavg(),
+    }
     with running_server(REPOSITORY, flags) as (url, _):
         where = address(url)
         results["huge_header"] = huge_header_run(where, a.megabytes)
