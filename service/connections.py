@@ -235,6 +235,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.gate.count(error.type)
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             self.transport.write(refusal(error, self.server_state.default_headers))
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app's request is over now, as when the client leaves: it reads a disconnect
+            # and anything it still sends is dropped (as uvicorn's connection_lost does).
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         if linger and self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(linger, self.transport.close)
