@@ -24,7 +24,8 @@ beyond ``max_connections - reserved_connections`` replaces the oldest connection
 for a request head; when none is waiting it is served for health and metrics only (the
 reserve), and beyond ``max_connections`` it gets 503 at once. Every refusal carries the /pool
 API's JSON error body and ``Connection: close``; but for the 503 at the cap, the close lingers
-(the client's further bytes are dropped for up to a second) so that the client reads it.
+(the client's further bytes are dropped for up to a second and a MiB) so that the client
+reads it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ log = logging.getLogger("adapool.service")
 RESERVED_PATHS = ("/health/", "/metrics", "/v2/health/")
 # How long a refused connection's further bytes are read and dropped before it is closed.
 LINGER_SECONDS = 1.0
+# ... and at most this many of them: reading on costs the other clients time.
+LINGER_BYTES = 2**20
 # Descriptors beyond the connections: the listener, models, logs and worker pipes.
 OTHER_DESCRIPTORS = 256
 
@@ -172,6 +175,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.admitted = False
         self.reserve_only = False
         self.refused = False
+        self.dropped_bytes = 0  # read and dropped after a refusal
         self.opened = time.monotonic()
         self.requests = 0  # request heads completed on this connection
         # Whether the bytes arriving now belong to a request head, and how many have so far.
@@ -203,7 +207,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the head counted: a chunk that leaves the head unfinished is all
         head (a head that ends inside a chunk is measured whole in ``on_headers_complete``)."""
-        if self.refused:
+        if self.refused:  # lingering after a refusal: dropped, up to LINGER_BYTES
+            self.dropped_bytes += len(data)
+            if self.dropped_bytes > LINGER_BYTES:
+                self.transport.close()
             return
         self._unset_keepalive_if_required()
         counting, requests = self.in_head, self.requests
@@ -225,9 +232,9 @@ class GuardedProtocol(HttpToolsProtocol):
         """Answer ``error`` (unless the app has started an answer) and close the connection.
 
         With ``linger``, the close is a lingering one: the answer goes out with an end of file,
-        and what the client still sends is read and dropped for up to ``linger`` seconds (or
-        until it closes), so that its unread bytes do not turn the close into a reset that
-        would discard the answer before the client reads it."""
+        and what the client still sends is read and dropped for up to ``linger`` seconds and
+        ``LINGER_BYTES`` (or until it closes), so that its unread bytes do not turn the close
+        into a reset that could discard the answer before the client reads it."""
         if self.refused:
             return
         self.refused = True
