@@ -8,7 +8,7 @@ the committed models) is measured in one run:
 
 - a normal client's latency, one small ``.npy`` request (1 x 32 tokens) after another, first
   alone, then while ``--attackers`` clients each send the worst JSON body the limits let be
-  parsed (``max_json_values`` values, 2,097,152 by default) again and again;
+  parsed (``max_json_values`` values, 1,048,576 by default) again and again;
 - the server's peak RSS over that time (its process and any worker, ``VmHWM`` after a reset),
   and its RSS a second after the attack.
 
