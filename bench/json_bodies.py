@@ -13,8 +13,8 @@ the committed models) is measured in one run:
   and its RSS a second after the attack.
 
 A body of that many values is parsed in full and then refused (413: its items are longer than
-``max_tokens_per_item``); the worst body the default model accepts, 16 x 2,048 tokens, holds a
-quarter as many. Results go to ``results/bench/json.json`` and ``.md``.
+``max_tokens_per_item``); the worst body the default model accepts, 16 x 2,048 tokens, holds half
+as many. Results go to ``results/bench/json.json`` and ``.md``.
 """
 
 from __future__ import annotations
