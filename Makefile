@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
-	compare wheelhouse image base-image
+	bench-memory attention compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -57,6 +57,12 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
+
+bench-memory: setup  ## RSS and ms per model run against tokens and batch, the probe, arena options (ARGS="--baseline DIR")
+	$(BIN)/python -m bench.memory $(ARGS)
+
+attention: setup  ## encoder attention candidates side by side (explicit, Attention, MHA, chunked)
+	$(BIN)/python -m bench.attention $(ARGS)
 
 $(VENV)/.bench.stamp: pyproject.toml client/pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[serve,train,dev,bench]'

@@ -75,16 +75,20 @@ def prepare_repository(root: Path, wide: bool = True) -> Path:
     if default_dir.exists():
         shutil.rmtree(default_dir)
     shutil.copytree(ROOT / "model_repository" / DEFAULT_MODEL, default_dir)
-    if wide and not (repository / WIDE_MODEL / "1" / "manifest.json").exists():
+    manifest = repository / WIDE_MODEL / "1" / "manifest.json"
+    # A wide model exported before the export wrote MultiHeadAttention (issue 15), or in the
+    # older manifest format, is stale.
+    stale = not manifest.exists() or "attention" not in json.loads(manifest.read_text())["export"]
+    if wide and (stale or json.loads(manifest.read_text()).get("format") != 2):
+        shutil.rmtree(repository / WIDE_MODEL, ignore_errors=True)
         export_wide_model(root / "runs" / WIDE_MODEL, repository)
     return repository
 
 
-def export_wide_model(run_dir: Path, repository: Path) -> None:
-    """Write the wide model's run (its seeded initialisation) and export it as version 1."""
+def wide_run(run_dir: Path) -> Path:
+    """Write the wide model's run (its seeded initialisation) to ``run_dir``; returns it."""
     import torch  # training extra: only needed the first time
 
-    from export.cli import export_run
     from models import build_model
     from models.checkpoint import BEST_FILE, save_config, save_model
     from models.config import load_run_config
@@ -96,6 +100,14 @@ def export_wide_model(run_dir: Path, repository: Path) -> None:
     torch.manual_seed(config.train.seed)
     save_config(run_dir, config)
     save_model(build_model(config.model), run_dir / BEST_FILE)
+    return run_dir
+
+
+def export_wide_model(run_dir: Path, repository: Path) -> None:
+    """Write the wide model's run and export it as version 1."""
+    from export.cli import export_run
+
+    wide_run(run_dir)
     print(f"exporting {WIDE_MODEL} ({WIDE_CONFIG.relative_to(ROOT)}) ...", flush=True)
     export_run(run_dir, WIDE_MODEL, 1, repository, command="python -m bench.serve")
 
@@ -572,14 +584,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["targets"] = targets(results)
 
-    text = markdown(results)
-    print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "serve-quick" if args.quick else "serve"
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(text)
-    print(f"wrote {args.out / name}.json and .md")
+    write_results(args.out, "serve-quick" if args.quick else "serve", results, markdown(results))
     return 0
+
+
+def write_results(out: Path, name: str, results: dict[str, Any], text: str) -> None:
+    """Print the tables and write ``out/name.json`` and ``out/name.md``."""
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(f"wrote {out / name}.json and .md")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from export.attention import ATTENTION
 from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, export_onnx, output_names
 from export.repository import (
     CHECKPOINT_DIR,
@@ -87,6 +88,12 @@ def signal_rule_of(metrics: dict[str, Any] | None) -> SignalRule:
     return SignalRule.from_dict(rule) if isinstance(rule, dict) else DEFAULT_RULE
 
 
+def graph_opset(model_file: Path) -> int:
+    """The default-domain opset a graph imports."""
+    graph = onnx.load(str(model_file))
+    return int(next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")))
+
+
 def build_manifest(
     name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
 ) -> Manifest:
@@ -98,8 +105,6 @@ def build_manifest(
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     bias = output_bias(model)
-    graph = onnx.load(str(out / MODEL_FILE))
-    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     training = json.loads((run_dir / CONFIG_FILE).read_text())
     spec = {
         "format": FORMAT,
@@ -130,7 +135,7 @@ def build_manifest(
         ],
         "outputs": output_specs(model),
         "precision": "fp32",
-        "opset": opset,
+        "opset": graph_opset(out / MODEL_FILE),
         "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
         | {
             f"{CHECKPOINT_DIR}/{p.name}": sha256_file(p)
@@ -147,6 +152,46 @@ def build_manifest(
     return Manifest.from_dict(spec)
 
 
+def export_graph(model: PoolingModel, model_file: Path) -> dict[str, Any]:
+    """Export ``model`` to ``model_file`` and check it against PyTorch on the parity cases.
+
+    Returns the manifest's ``export`` figures (seconds, size, ONNX Runtime session start-up,
+    parity per case, the encoder's attention operator). Raises RepositoryError on a parity
+    failure.
+    """
+    seconds = export_onnx(model, model_file)
+    started = time.perf_counter()
+    session = cpu_session(model_file)
+    startup = time.perf_counter() - started
+    results = parity(session, model)
+    bad = [r.name for r in results if not r.ok()]
+    if bad:
+        raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
+    return {
+        "seconds": round(seconds, 2),
+        "model_bytes": model_file.stat().st_size,
+        "onnxruntime_session_seconds": round(startup, 4),
+        "attention": ATTENTION,
+        "parity": [
+            {
+                "case": r.name,
+                "max_abs_diff_pooled": r.max_abs_diff_pooled,
+                "max_abs_diff_weights": r.max_abs_diff_weights,
+            }
+            | (
+                {
+                    "max_abs_diff_head": r.max_abs_diff_head,
+                    "contribution_sum_error": r.contribution_sum_error,
+                }
+                if r.max_abs_diff_head
+                else {}
+            )
+            for r in results
+        ],
+        "parity_ok": True,
+    }
+
+
 def export_run(run_dir: Path, name: str, version: int, repository: Path, command: str) -> Manifest:
     """Export ``run_dir``'s best checkpoint; returns the manifest written."""
     target = version_dir(repository, name, version)
@@ -157,41 +202,11 @@ def export_run(run_dir: Path, name: str, version: int, repository: Path, command
     with tempfile.TemporaryDirectory(dir=repository if repository.exists() else None) as tmp:
         out = Path(tmp) / "version"
         (out / CHECKPOINT_DIR).mkdir(parents=True)
-        seconds = export_onnx(model, out / MODEL_FILE)
+        figures = export_graph(model, out / MODEL_FILE)
         for file in (CONFIG_FILE, BEST_FILE):
             shutil.copyfile(run_dir / file, out / CHECKPOINT_DIR / file)
         manifest = build_manifest(name, version, model, run_dir, out, command)
-
-        started = time.perf_counter()
-        session = cpu_session(out / MODEL_FILE)
-        startup = time.perf_counter() - started
-        results = parity(session, model)
-        figures = {
-            "seconds": round(seconds, 2),
-            "model_bytes": (out / MODEL_FILE).stat().st_size,
-            "onnxruntime_session_seconds": round(startup, 4),
-            "parity": [
-                {
-                    "case": r.name,
-                    "max_abs_diff_pooled": r.max_abs_diff_pooled,
-                    "max_abs_diff_weights": r.max_abs_diff_weights,
-                }
-                | (
-                    {
-                        "max_abs_diff_head": r.max_abs_diff_head,
-                        "contribution_sum_error": r.contribution_sum_error,
-                    }
-                    if r.max_abs_diff_head
-                    else {}
-                )
-                for r in results
-            ],
-            "parity_ok": all(r.ok() for r in results),
-        }
         manifest = replace(manifest, provenance=replace(manifest.provenance, export=figures))
-        if not figures["parity_ok"]:
-            bad = [r.name for r in results if not r.ok()]
-            raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
         if config_file.exists() and config_file.read_text() != triton_config(name, manifest):
             raise RepositoryError(
                 f"{config_file} describes a different signature: export under another --name"

@@ -8,7 +8,8 @@ exact per-token terms (AdaPool with values from the inputs), ``contributions`` [
 C or T]: each token's signed additive term of each output. Batch and tokens are dynamic axes
 (the dynamo exporter; the legacy exporter can freeze the example's sequence length: with
 ``nn.MultiheadAttention`` it writes the example's length into a Reshape, and every other length
-fails at run time).
+fails at run time). The encoder's attention is one ``com.microsoft.MultiHeadAttention`` node per
+block (``export.attention``: memory linear in tokens); the pooling attention stays explicit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from export.attention import TRANSLATION, Translation
 from models.model import PoolingModel
 
 INPUT_NAMES = ("embeddings", "attention_mask")
@@ -66,15 +68,25 @@ class ExportWrapper(nn.Module):
         return tuple(outputs)
 
 
-def export_onnx(model: PoolingModel, path: str | Path) -> float:
+def export_onnx(
+    model: PoolingModel,
+    path: str | Path,
+    attention: Translation | None = TRANSLATION,
+    opset: int | None = None,
+) -> float:
     """Write ``model`` as ONNX to ``path`` with dynamic batch and token axes.
 
-    The explicit attention path is used (it is what materialises the weights); the model's
-    own setting is restored afterwards. Returns the seconds the export took.
+    ``attention``: what the encoder's attention becomes (the exporter's translation of
+    ``adapool::key_padding_attention``; default: ``export.attention``, memory linear in tokens),
+    or None for the explicit formulation (MatMul, Softmax, MatMul: memory quadratic in tokens,
+    the graphs of version 1). The pooling attention is always explicit: its weights are an
+    output. The model's own settings are restored afterwards. Returns the seconds it took.
     """
-    was_training, was_fused = model.training, model.encoder.fused
+    encoder = model.encoder
+    was_training, was_fused, was_operator = model.training, encoder.fused, encoder.operator
     model.eval()
     model.set_fused_attention(False)
+    encoder.operator = attention is not None
     dim = model.config.input_dim
     example = (
         torch.randn(EXAMPLE_BATCH, EXAMPLE_TOKENS, dim),
@@ -100,10 +112,13 @@ def export_onnx(model: PoolingModel, path: str | Path) -> float:
                 },
                 dynamo=True,
                 verbose=False,
+                custom_translation_table=attention,
+                opset_version=opset,
             )
         assert program is not None
         program.save(str(path))
     finally:
         model.set_fused_attention(was_fused)
+        encoder.operator = was_operator
         model.train(was_training)
     return time.perf_counter() - started

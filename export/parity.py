@@ -1,8 +1,10 @@
 """Parity cases: ONNX Runtime against PyTorch on the shapes where export goes wrong.
 
-Shapes other than the export example's (tokens 1 and 300, batch 1 and 64), ragged padded
-batches, and padding filled with huge, infinite and NaN values. Every case also checks that the
-weights of each head sum to 1 over the real tokens and are exactly 0 on padding; for a model
+Shapes other than the export example's (tokens 1, 128, 300 and 2,048, the service's longest
+item; batch 1 and 64), ragged padded batches up to 2,048 tokens, masks with holes and long runs
+of padding (the encoder's attention kernel works on tiles of keys: a tile may hold only
+padding), and padding filled with huge, infinite and NaN values. Every case also checks that
+the weights of each head sum to 1 over the real tokens and are exactly 0 on padding; for a model
 with a task head, its ``logits`` or ``prediction`` against PyTorch's, and, when it exports
 ``contributions``, those against PyTorch's, exactly 0 on padding, and adding up (with the
 model's constant bias) to ONNX Runtime's own head output.
@@ -64,6 +66,20 @@ class CaseResult:
         return cls(case.name, case.embeddings.shape, inf, inf, inf, inf, head, inf, inf)
 
 
+LONGEST = 2048  # the service's default max_tokens_per_item
+
+
+def _holes(tokens: int, leading: int) -> NDArray[np.bool_]:
+    """Three rows: every third token padding; a run of padding in the middle; the first two
+    thirds padding. The first ``leading`` tokens stay real."""
+    mask = np.ones((3, tokens), dtype=bool)
+    mask[0, 1::3] = False
+    mask[1, tokens // 8 : tokens - tokens // 8] = False
+    mask[2, : 2 * tokens // 3] = False
+    mask[:, :leading] = True
+    return mask
+
+
 def _ragged(rng: np.random.Generator, batch: int, tokens: int, min_real: int) -> NDArray[np.bool_]:
     lengths = rng.integers(min_real, tokens + 1, size=batch)
     lengths[0] = tokens  # one full row
@@ -72,11 +88,15 @@ def _ragged(rng: np.random.Generator, batch: int, tokens: int, min_real: int) ->
     return mask
 
 
-def make_cases(input_dim: int, min_real: int = 1, seed: int = 0) -> list[Case]:
+def make_cases(
+    input_dim: int, min_real: int = 1, seed: int = 0, leading: int | None = None
+) -> list[Case]:
     """The standard parity cases for a model with ``input_dim`` features.
 
     ``min_real``: the fewest real tokens a row may have (a token-query model needs its query
-    token; rows are padded at the end, so min_real = query index + 1).
+    token; rows are padded at the end, so min_real = query index + 1). ``leading``: how many
+    first tokens must be real where padding is not only at the end (default ``min_real``; 0
+    for a model that needs no particular token).
     """
     rng = np.random.default_rng(seed)
 
@@ -93,6 +113,17 @@ def make_cases(input_dim: int, min_real: int = 1, seed: int = 0) -> list[Case]:
         Case("batch 1, tokens 128", x(1, 128), full(1, 128)),
         Case("batch 64, tokens 128", x(64, 128), full(64, 128)),
         Case("ragged batch 8, tokens 40+", x(8, ragged), _ragged(rng, 8, ragged, min_real)),
+        Case(f"batch 1, tokens {LONGEST}", x(1, LONGEST), full(1, LONGEST)),
+        Case(
+            f"ragged batch 3, tokens up to {LONGEST}",
+            x(3, LONGEST),
+            _ragged(rng, 3, LONGEST, min_real),
+        ),
+        Case(
+            f"mask with holes, tokens {LONGEST}",
+            x(3, LONGEST),
+            _holes(LONGEST, min_real if leading is None else leading),
+        ),
     ]
     for fill in (1e6, np.inf, np.nan):
         emb, mask = x(6, ragged + 10), _ragged(rng, 6, ragged + 10, min_real)

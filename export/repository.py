@@ -7,8 +7,12 @@ Versions are positive integers, as Triton requires.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from modelrepo import Manifest, TensorSpec
@@ -93,6 +97,38 @@ def find_versions(path: Path) -> list[VersionDir]:
     if scan.problems:
         raise RepositoryError("; ".join(p.message for p in scan.problems))
     return scan.versions
+
+
+def repository_tool(
+    prog: str, description: str | None, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, str]:
+    """Arguments of a tool that updates a repository's versions in place (``repository``,
+    ``--dry-run``), and the command line to record in the manifests it changes."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("repository", type=Path)
+    parser.add_argument("--dry-run", action="store_true", help="only list what would change")
+    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    return args, f"python -m {prog} " + " ".join(shlex.quote(a) for a in given)
+
+
+def versions_tool(
+    prog: str, description: str | None, argv: Sequence[str] | None
+) -> list[VersionDir]:
+    """The versions a read-only tool was pointed at (a repository, a model folder or a version
+    folder); exits with status 1 and a message when there are none."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("path", type=Path, help="a repository, a model folder or a version folder")
+    path = parser.parse_args(argv).path
+    try:
+        versions = find_versions(path)
+    except RepositoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if not versions:
+        print(f"error: no model versions under {path}", file=sys.stderr)
+        raise SystemExit(1)
+    return versions
 
 
 def _dims(tensor: TensorSpec) -> str:

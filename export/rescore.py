@@ -14,28 +14,18 @@ rule on its validation split (its metrics' ``signal_rule``): it keeps it.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
-from export.repository import find_versions
+from export.repository import find_versions, repository_tool
 from modelrepo import DEFAULT_RULE, FORMAT, Metrics, read_manifest, write_manifest
 from models.checkpoint import load_model
 from models.train import rescore_metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.rescore", description=__doc__)
-    parser.add_argument("repository", type=Path)
-    parser.add_argument("--dry-run", action="store_true", help="only list what would change")
-    args = parser.parse_args(argv)
-    command = "python -m export.rescore " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    args, command = repository_tool("export.rescore", __doc__, argv)
     for version in find_versions(args.repository):
         manifest = read_manifest(version.manifest_file)
         own_rule = manifest.metrics is not None and isinstance(

@@ -289,7 +289,8 @@ class Provenance:
     packages: Mapping[str, str]
     training: Mapping[str, Any]
     export: Mapping[str, Any]
-    history: tuple[Mapping[str, Any], ...] = ()  # later changes to the manifest (rescored, ...)
+    history: tuple[Mapping[str, Any], ...] = ()  # later changes to the metrics (rescored)
+    reexported: tuple[Mapping[str, Any], ...] = ()  # graphs rebuilt from the same checkpoint
 
     @classmethod
     def parse(cls, f: _Fields) -> Provenance:
@@ -301,6 +302,7 @@ class Provenance:
             f.mapping("training", {}),
             f.mapping("export", {}),
             tuple(f.array("rescored", [])),
+            tuple(f.array("reexported", [])),
         )
 
 
@@ -439,6 +441,8 @@ class Manifest:
             out["contribution_bias"] = list(self.contribution_bias)
         if p.history:
             out["rescored"] = [dict(h) for h in p.history]
+        if p.reexported:
+            out["reexported"] = [dict(r) for r in p.reexported]
         if self.preferred_batch_tokens is not None:
             out["serving"] = {"preferred_batch_tokens": self.preferred_batch_tokens}
         return out

@@ -86,7 +86,9 @@ class PoolingModel(nn.Module):
         return self.pool.exact_terms
 
     def set_fused_attention(self, fused: bool) -> None:
-        """Choose the encoder's attention path: fused SDPA (training) or explicit (export)."""
+        """Choose the encoder's attention path: fused SDPA (training) or explicit (the math written
+        out, with its probabilities). The ONNX export traces a third, ``encoder.operator = True``:
+        one ``key_padding_attention`` operator per block (``models/layers.py``)."""
         self.encoder.fused = fused
 
     def forward(

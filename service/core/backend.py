@@ -8,6 +8,7 @@ is reported as a problem that keeps readiness at 503. The truth comes from
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,16 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 WANTED = {"auto": [CUDA, CPU], "cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU]}
 REQUIRED = {"cuda": CUDA, "tensorrt": TENSORRT}
+
+
+@cache
+def shared_cpu_arena() -> None:
+    """Register the process's one CPU arena, which every session then allocates from (once:
+    ONNX Runtime refuses a second registration)."""
+    cpu = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(cpu, ort.OrtArenaCfg({"arena_extend_strategy": 0}))
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -47,6 +58,12 @@ class OnnxBackend:
             # within noise in the latest: BENCHMARKS.md).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # Memory (python -m bench.memory, BENCHMARKS.md): one CPU arena for the whole process
+        # instead of one per session, each kept at its own peak, and no memory patterns (with
+        # dynamic shapes they made a session's second large run take a new block of its own).
+        shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        options.enable_mem_pattern = False
         requested = choose_providers(device, ort.get_available_providers())
         self.session = ort.InferenceSession(str(model_file), options, providers=requested)
         self.providers: list[str] = self.session.get_providers()

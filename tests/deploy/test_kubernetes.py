@@ -290,7 +290,7 @@ def test_gpu_overlay_changes_only_the_image_device_gpu_and_startup() -> None:
     base, gpu = kube.render("base"), kube.render("gpu")
     cpu_c, gpu_c = kube.container("base"), kube.container("gpu")
     assert cpu_c["image"] == "adapool-serve:cpu" and gpu_c["image"] == "adapool-serve:gpu"
-    assert gpu_c["resources"]["limits"] == {"memory": "12Gi", "nvidia.com/gpu": 1}
+    assert gpu_c["resources"]["limits"] == {"memory": "6Gi", "nvidia.com/gpu": 1}
     assert kube.container_env(gpu_c, kube.config_maps("gpu"))["ADAPOOL_DEVICE"] == "cuda"
     gpu_spec = kube.pod_spec(kube.workload("gpu"))
     assert gpu_spec.pop("tolerations") == [

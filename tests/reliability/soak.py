@@ -192,7 +192,11 @@ async def _drive(
 ) -> None:
     rng = np.random.default_rng(seed)
     queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=4 * concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # uvicorn closes a keep-alive connection idle for 5 s; reusing one at that moment is a
+    # client-side ReadError (seen 2 in 13 warm-ups on the shared machine, 0 in 10 with this).
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
 
     async def produce() -> None:
         for index in range(count):
