@@ -2,25 +2,25 @@
 
     python -m bench.perf_analyzer [--servers ours,triton] [--protocols http,grpc] \\
         [--concurrency 1,32] [--items 1,8] [--interval-ms 2000] [--out results/bench]
-    python -m bench.perf_analyzer --url 127.0.0.1:8000 --model signature-adapool [...]
+    python -m bench.perf_analyzer --url 127.0.0.1:8000 [--grpc-url 127.0.0.1:8001] \\
+        [--model signature-adapool --dim 16] [...]
 
-perf_analyzer is Triton's own load generator (C++): it reads the model's metadata and
-``/config``, then sends binary-tensor requests (HTTP) or raw contents (gRPC) from ``-c``
-concurrent workers, asking for every output of the model's config (its default), and measures in
-time windows until three in a row agree (``--stability-percentage``, 50 here: the
-machine is shared). PyPI's ``perf-analyzer``
-2.60 needs glibc 2.38 and installs here as a stub without the binary; the ``tritonclient`` 2.41.0
-wheel still ships ``perf_analyzer`` (built for glibc 2.34, GLIBCXX 3.4.30), which runs on Debian
-12 with ``libb64.so.0d`` (Debian: ``apt-get install libb64-0d``) and ``libcudart.so.12`` (PyPI:
-``nvidia-cuda-runtime-cu12``; loaded, no GPU used). :func:`install` puts both wheels' files in
-``<work>/perf-analyzer``.
+perf_analyzer is Triton's own load generator (C++): it reads the model's metadata and ``/config``,
+then sends binary-tensor requests (HTTP) or raw contents (gRPC) from ``-c`` concurrent workers,
+asking for every output of the model's config (its default), and measures in time windows until
+three in a row agree (``--stability-percentage``; 50 here by default: the machine is shared).
+PyPI's ``perf-analyzer`` 2.60 needs glibc 2.38 and installs here as a stub without the binary; the
+``tritonclient`` 2.41.0 wheel still ships ``perf_analyzer`` (built for glibc 2.34, GLIBCXX 3.4.30),
+which runs on Debian 12 with ``libb64.so.0d`` (Debian: ``apt-get install libb64-0d``) and
+``libcudart.so.12`` (PyPI: ``nvidia-cuda-runtime-cu12``; loaded, no GPU used). :func:`install` puts
+both wheels' files in ``<work>/perf-analyzer``.
 
-Every request is one ``[items, 128, D]`` FP32 ``embeddings`` tensor, the same normal values as
-``bench.compare`` (``--input-data``, base64); no ``attention_mask`` (our ``/config`` marks it
-optional, so perf_analyzer leaves it out, as for Triton's model, which has no such input).
-Without ``--url``, it starts our server (HTTP and gRPC) and the Triton peer itself, one after
-the other, on the default model and ``knn-wide384``, and writes ``perf_analyzer.json`` and
-``perf_analyzer.md`` into ``--out``.
+Every request is one ``[items, 128, D]`` FP32 ``embeddings`` tensor: one item of seeded normal
+values (``--input-data``, base64), repeated ``-b`` times by perf_analyzer; no ``attention_mask``
+(our ``/config`` marks it optional, so perf_analyzer leaves it out, as for Triton's model, which
+has no such input). Without ``--url``, it starts our server (HTTP and gRPC) and the Triton peer
+itself, one after the other, on the default model and ``knn-wide384``, and writes
+``perf_analyzer.json`` and ``perf_analyzer.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -259,7 +259,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.perf_analyzer", description=__doc__)
-    p.add_argument("--url", help="host:port of a running server (default: start ours and Triton)")
+    p.add_argument(
+        "--url", help="HTTP host:port of a running server (default: start ours and Triton)"
+    )
+    p.add_argument("--grpc-url", help="with --url: its gRPC host:port (none: HTTP only)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="with --url: the model")
     p.add_argument("--dim", type=int, default=16, help="with --url: the model's input dim D")
     p.add_argument("--servers", default="ours,triton")
@@ -292,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.url:  # one running server, one model
         path = data(a.model, a.dim)
-        for protocol, i, c in product(protocols, items, concurrency):
-            where = (protocol, a.url, a.model, i, c, path)
+        given = {"http": a.url, "grpc": a.grpc_url}
+        for protocol, i, c in product([p for p in protocols if given[p]], items, concurrency):
+            where = (protocol, given[protocol], a.model, i, c, path)
             print_measurement(measure(binary, "server", *where, a.interval_ms, work, a.stability))
         return 0
     repository = prepare_repository(a.work, wide=not a.quick)
