@@ -143,10 +143,11 @@ def deployments(run: Run, server: str, triton_python: Path | None) -> list[Deplo
         @contextmanager
         def ours() -> Iterator[tuple[str, int]]:
             flags = ["--models", ",".join(a.models), "--default-model", a.models[0]]
-            with running_server(repo, flags) as (url, process):
+            with running_server(repo, flags + a.ours_flags) as (url, process):
                 yield url, process.pid
 
-        return [Deployment("ours", "python -m service", both, ours, ours_endpoint)]
+        label = " ".join(["python -m service", *a.ours_flags])
+        return [Deployment("ours", label, both, ours, ours_endpoint)]
 
     def peer(command: list[str], port: int, ready: list[str], name: str, **kw: Any) -> Start:
         @contextmanager
@@ -315,7 +316,7 @@ def profile(run: Run, out: Path) -> dict[str, Any]:
     workloads = [(a.models[0], 8), (a.models[0], 1)] + [(m, 8) for m in a.models[1:]]
     series = BY_NAME[a.profile_series]
     result: dict[str, Any] = {"series": series.name, "concurrency": 32, "workloads": []}
-    flags = ["--models", ",".join(a.models), "--default-model", a.models[0]]
+    flags = ["--models", ",".join(a.models), "--default-model", a.models[0], *a.ours_flags]
     with running_server(run.repository, flags) as (url, process):
         for i, (model, items) in enumerate(workloads):
             body = run.body(series, model, items)
@@ -366,7 +367,8 @@ def peer_status(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     defaults = {k: Settings.model_fields[k].default for k in ("max_batch_size", "max_wait_ms")}
     if "ours" in a.servers:
         version = metadata.version("adapool-serve")
-        out["ours"] = {"status": "ok", "version": version, "settings": defaults}
+        flags = {"flags": " ".join(a.ours_flags)} if a.ours_flags else {}
+        out["ours"] = {"status": "ok", "version": version, "settings": defaults | flags}
     if "naive" in a.servers:
         versions = {d: metadata.version(d) for d in ("fastapi", "pydantic", "uvicorn")}
         out["naive"] = {
@@ -418,6 +420,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=[s.name for s in SERIES if s.server == "ours"],
         help="the series py-spy profiles",
     )
+    p.add_argument(
+        "--ours-flags",
+        default="",
+        help="more flags for our server, space-separated: --ours-flags='--batch-policy off'",
+    )
     p.add_argument("--out", type=Path, default=root / "results" / "bench")
     p.add_argument("--work", type=Path, default=root / "runs" / "bench")
     p.add_argument("--quick", action="store_true", help="a smoke run: default model, 1 round")
@@ -429,6 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.items = [int(i) for i in str(a.items).split(",")]
     a.servers = [s for s in str(a.servers).split(",") if s]
     a.series = [s for s in str(a.series).split(",") if s]
+    a.ours_flags = str(a.ours_flags).split()
     return a
 
 
