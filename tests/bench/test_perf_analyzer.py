@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,11 +40,13 @@ def test_input_data_is_one_item_in_base64(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def binary() -> Path:
     folder = Path(__file__).parents[2] / "runs" / "bench" / "perf-analyzer"
     try:
         return perf_analyzer.install(folder)
     except perf_analyzer.Unavailable as exc:
+        if os.environ.get("CI"):  # CI installs libb64-0d: there it must run
+            raise
         pytest.skip(str(exc))
 
 
