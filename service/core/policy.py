@@ -10,6 +10,15 @@ batcher then closes a run at that many padded tokens (``preferred_tokens``), and
 becomes several such runs instead of one of ``max_batch_size``. A model whose curve is flat or
 keeps rising (the small ones) prefers nothing and batches up to the caps, as before.
 
+A preference is only taken when the measurement agrees with itself: at least
+:data:`MIN_ROUNDS` rounds over every size, and the fall at the largest batch seen in each
+round on its own, not only in the fastest runs. On a machine whose other work comes and goes,
+a single round can show any shape (one start-up under a load average of 4 on 2 cores measured
+132 items/s at batch 1 and 1,993 at batch 2 for the default model): then the rounds disagree,
+and the model batches up to the caps, which is what it did before there was a policy. A wrongly
+preferred small batch costs far more (about half the items/s of a small model at concurrency
+32) than a missed one (the few percent by which a wide model's curve falls).
+
 The choice can be pinned (settings, or the manifest's ``serving.preferred_batch_tokens``).
 """
 
@@ -25,6 +34,7 @@ from numpy.typing import NDArray
 
 TOLERANCE = 0.05  # the smallest batch within 5% of the best items/s
 RUNS = 3  # per batch size and round
+MIN_ROUNDS = 3  # rounds over every size, whatever the budget
 Source = Literal["measured", "settings", "manifest", "off"]
 
 
@@ -72,8 +82,9 @@ def measure(
     items and ``max_tokens`` padded tokens) and return the policy.
 
     Rounds over every size, :data:`RUNS` runs each, repeat while ``budget_seconds`` last (at
-    least one round); each size keeps its fastest run. Other work on the machine only ever
-    slows a run down, so the fastest is the estimate that noise disturbs least.
+    least :data:`MIN_ROUNDS` rounds); each size keeps its fastest run, the estimate that other
+    work on the machine disturbs least. A batch is preferred only when every round on its own
+    would prefer one too (see the module's docstring).
     """
     sizes = [1 << i for i in range(16) if (1 << i) <= max_items and (1 << i) * tokens <= max_tokens]
     rng = np.random.default_rng(0)
@@ -84,20 +95,25 @@ def measure(
         )
         for b in sizes
     }
-    fastest = dict.fromkeys(sizes, float("inf"))
     for x, mask in inputs.values():
         run(x, mask)  # the first run of a shape allocates
+    rounds: list[list[tuple[int, float]]] = []  # each round's curve: (batch, items/s)
     deadline = clock() + budget_seconds
-    while True:
+    while len(rounds) < MIN_ROUNDS or clock() < deadline:
+        curve = []
         for batch, (x, mask) in inputs.items():
+            seconds = float("inf")
             for _ in range(RUNS):
                 started = clock()
                 run(x, mask)
-                fastest[batch] = min(fastest[batch], clock() - started)
-        if clock() >= deadline:
-            break
-    curve = [(b, b / fastest[b]) for b in sizes]
-    preferred = choose(curve) if len(curve) > 1 else None
+                seconds = min(seconds, clock() - started)
+            curve.append((batch, batch / seconds))
+        rounds.append(curve)
+    # Each size's fastest run over all rounds: other work only ever slows a run down.
+    curve = [(b, max(r[i][1] for r in rounds)) for i, b in enumerate(sizes)]
+    preferred = None
+    if len(curve) > 1 and all(choose(r) is not None for r in rounds):
+        preferred = choose(curve)
     return BatchPolicy(
         "measured",
         preferred * tokens if preferred is not None else None,

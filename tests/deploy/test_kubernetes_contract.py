@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from bench.process import running_server
+from service.settings import Settings
 from tests.deploy import kube, tools
 
 Doc = dict[str, Any]
@@ -89,8 +92,7 @@ def pod(target: str, tmp: Path, extra_env: dict[str, str] | None = None) -> Iter
         port=port["containerPort"],
         cwd=tmp,
         env=env,
-        # The port opens once every model is loaded and warmed up; /health/live answers then
-        # (the kserve probes' v2 routes may not exist yet: the test finds out).
+        # The port opens once every model is loaded and warmed up; /health/live answers then.
         wait_for="/health/live",
     ) as (url, process):
         yield Pod(url, process, c, env)
@@ -177,19 +179,29 @@ def test_with_the_api_key_secret_probes_stay_open_and_termination_drains(tmp_pat
     assert code in (0, -signal.SIGTERM)
 
 
-def test_kserve_predictor_answers_its_v2_probes(tmp_path: Path) -> None:
-    """Until the server has the v2 routes (issue 17) this is skipped, as the real server
-    answers; it runs by itself once GET /v2/health/ready exists."""
+def test_kserve_predictor_answers_its_v2_probes_and_tritonclient(tmp_path: Path) -> None:
+    """The InferenceService's pod: its three v2 probes, the scrape, and a Triton client's
+    binary request to the default model on the pod's one port, as KServe would route it."""
     with pod("kserve", tmp_path) as p:
         assert p.env["PROTOCOL"] == "v2"
-        ready_path = p.container["readinessProbe"]["httpGet"]["path"]
-        if p.get(ready_path).status_code == 404 and p.get("/health/ready").status_code == 200:
-            pytest.skip(
-                f"the server has no GET {ready_path} yet (the v2 routes, issue 17): the "
-                "InferenceService's probes cannot pass; this test runs once it answers"
-            )
         for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert p.container[name]["httpGet"]["path"].startswith("/v2/")
             assert p.probe(name)[0] == 200, name
         scrape = p.get(metrics_path("kserve"))
         assert scrape.status_code == 200
         assert "# TYPE adapool_queue_depth gauge" in scrape.text
+        model = p.env.get("ADAPOOL_DEFAULT_MODEL", Settings.model_fields["default_model"].default)
+        client = httpclient.InferenceServerClient(p.url.removeprefix("http://"))
+        assert client.is_server_ready() and client.is_model_ready(model)
+        x = np.random.default_rng(0).standard_normal((2, 5, D)).astype(np.float32)
+        mask = np.ones((2, 5), dtype=bool)
+        inputs = [
+            httpclient.InferInput("embeddings", list(x.shape), "FP32"),
+            httpclient.InferInput("attention_mask", list(mask.shape), "BOOL"),
+        ]
+        inputs[0].set_data_from_numpy(x, binary_data=True)
+        inputs[1].set_data_from_numpy(mask, binary_data=True)
+        result = client.infer(model, inputs)
+        pooled, weights = result.as_numpy("pooled"), result.as_numpy("weights")
+        assert pooled.shape[0] == 2 and np.isfinite(pooled).all()
+        np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)

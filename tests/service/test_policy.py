@@ -50,7 +50,28 @@ def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
     assert [b for b, _ in policy.curve] == [1, 2, 4, 8, 16, 32, 64]
     assert policy.preferred_tokens == 8 * 32 and policy.preferred_items == 8
     assert policy.curve[3][1] == pytest.approx(8 / 0.0018)
-    assert calls.count(64) >= 4  # a warm-up run, then 3 per round, at least one round
+    assert calls.count(64) >= 1 + 3 * 3  # a warm-up run, then 3 per round, at least 3 rounds
+
+
+def test_rounds_that_disagree_prefer_nothing() -> None:
+    """The same falling model, but one round taken while other work held the core during every
+    batch below the largest: that round's curve rises to the largest batch, so the measurement
+    does not agree with itself and the model batches up to the caps."""
+    now = [0.0]
+    calls: list[int] = []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> None:
+        b = len(x)
+        calls.append(b)
+        cost = 0.001 + 0.0001 * min(b, 8) + 0.0005 * max(0, b - 8)
+        if 7 + 21 < len(calls) <= 7 + 21 + 18:  # round 2, batches 1 to 32
+            cost *= 50
+        now[0] += cost
+
+    policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.0, clock=lambda: now[0])
+    assert policy.preferred_tokens is None and policy.source == "measured"
+    # the fastest runs alone still show the fall: it is the disagreement that decides
+    assert choose(list(policy.curve)) == 8
 
 
 def test_a_deep_queue_runs_in_batches_of_the_preferred_size() -> None:
