@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
-	bench-memory attention compare wheelhouse image base-image
+	hostile bench-memory attention compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -57,6 +57,9 @@ models: setup  ## train (or reuse the sweep's runs) and export the default model
 
 bench: setup  ## the server under load beside raw ONNX Runtime (needs hey: apt-get install hey)
 	$(BIN)/python -m bench.serve $(ARGS)
+
+hostile: setup  ## hostile clients (huge header, 20,000 silent connections, slowloris) and the limits' cost (needs hey)
+	$(BIN)/python -m bench.hostile $(ARGS)
 
 bench-memory: setup  ## RSS and ms per model run against tokens and batch, the probe, arena options (ARGS="--baseline DIR")
 	$(BIN)/python -m bench.memory $(ARGS)

@@ -50,6 +50,7 @@ def running_server(
     cwd: Path = ROOT,
     env: dict[str, str] | None = None,
     wait_for: str = "/health/ready",
+    module: str = "service",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield ``(base_url, process)`` of a server on ``repository``; SIGTERM it afterwards.
 
@@ -57,7 +58,8 @@ def running_server(
     go to the server as ``ADAPOOL_*`` variables (as in a container), ``env`` adds more, and
     ``flags`` (which win over the environment) add the rest. ``python`` and ``cwd`` choose the
     interpreter and folder (an installed environment, for example). ``wait_for`` is the route
-    that must answer 200 first (``/health/live`` for a server that is meant to stay unready).
+    that must answer 200 first (``/health/live`` for a server that is meant to stay unready);
+    ``module`` the one run with ``python -m`` (another server on the same settings).
     Raises RuntimeError (with the server's output) if it exits before that.
     """
     port = port or free_port(host)
@@ -69,7 +71,7 @@ def running_server(
         "ADAPOOL_LOG_LEVEL": log_level,
     }
     process = subprocess.Popen(
-        [str(python), "-m", "service", *flags],
+        [str(python), "-m", module, *flags],
         cwd=cwd,
         env={**clean, **(env or {}), **settings},
         stdout=subprocess.PIPE,

@@ -11,15 +11,17 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from uvicorn.config import STARTUP_FAILURE
 
 from service.app import create_app
+from service.connections import ConnectionGate, GuardedConfig, Limits, fit_descriptors
 from service.server import GracefulServer
 from service.settings import Settings
 
@@ -39,7 +41,31 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     return given
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def guarded_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration: every connection through the limits of service.connections."""
+    backlog = 2048  # uvicorn's default; the kernel caps it at net.core.somaxconn
+    max_connections = fit_descriptors(settings.max_connections, backlog)
+    limits = Limits.from_settings(settings)
+    metrics = app.state.runtime.metrics
+    gate = ConnectionGate(limits, max_connections, settings.reserved_connections, metrics)
+    return GuardedConfig(
+        app,
+        gate,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        backlog=backlog,
+    )
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    configure: Callable[[FastAPI, Settings], uvicorn.Config] = guarded_config,
+) -> int:
+    """Run the server; ``configure`` gives uvicorn's configuration (bench.plain_server's
+    differs)."""
     try:
         settings = Settings(**parse_args(argv))
     except (ValidationError, SettingsError) as exc:
@@ -52,13 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings: %s", json.dumps(settings.model_dump(mode="json", exclude={"api_key"}))
     )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    config = configure(app, settings)
     server = GracefulServer(
         config,
         app.state.runtime,

@@ -53,11 +53,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         version=metadata.version("adapool-serve"),
         summary="Pooled vectors, per-token pooling weights and signal/noise diagnostics.",
         lifespan=lifespan,
+        # /pool/ is a 404, not a redirect whose Location is built from the client's Host header.
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     app.state.decoders = decoders
     app.state.grpc = grpc
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(
+        RequestContext, metrics=metrics, max_query_parameters=settings.max_query_parameters
+    )
     install_handlers(app, {"/v2": v2_rest.error_response})
     include_routes(app, [*HOT, v2_rest.infer_router], [*ROUTERS, v2_rest.router])
     document_auth(app, settings)

@@ -80,6 +80,18 @@ class UnsupportedMediaType(ServiceError):
     status, type = 415, "unsupported_media_type"
 
 
+class RequestTimeout(ServiceError):
+    """The request head or body did not arrive in time (the connection is closed after it)."""
+
+    status, type = 408, "request_timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    """The request line and headers exceed ``max_header_bytes`` (the connection is closed)."""
+
+    status, type = 431, "headers_too_large"
+
+
 class Overloaded(ServiceError):
     """The model's queue is full: the one refusal under load, with its retry hint."""
 
@@ -106,6 +118,13 @@ class NotReady(ServiceError):
     status, type = 503, "not_ready"
 
 
+class TooManyConnections(ServiceError):
+    """The server holds ``max_connections`` (or only its reserve for health and metrics is
+    left): refused before the request is read, and the connection closed."""
+
+    status, type = 503, "too_many_connections"
+
+
 class InferenceFailed(ServiceError):
     """The model run failed; every request of that batch gets this error."""
 
@@ -122,6 +141,10 @@ REJECTION_REASONS: dict[type[ServiceError], str | None] = {
     NotAcceptable: "invalid",
     Unauthorized: "unauthorized",
     NotReady: "not_ready",
+    # Refused by the connection layer (service.connections), before the app: not counted there.
+    RequestTimeout: None,
+    HeadersTooLarge: None,
+    TooManyConnections: None,
     NotFound: None,  # a name the client made up: no model label to count it under
     InferenceFailed: None,  # a failure, not a refusal (adapool_requests_total has its 500)
 }

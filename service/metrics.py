@@ -128,6 +128,19 @@ class Metrics:
             ["model", "reason"],
             registry=registry,
         )
+        self.connections = Gauge(
+            "adapool_connections",
+            "Open HTTP connections, as the connection gate counts them (max_connections)",
+            registry=registry,
+        )
+        self.refused_connections = Counter(
+            "adapool_refused_connections",
+            "Connections refused or closed by a connection limit: headers_too_large, "
+            "request_timeout, silent (nothing sent by the head deadline), bad_request (an "
+            "Upgrade with a body), too_many_connections, replaced (by a newer one at the cap)",
+            ["reason"],
+            registry=registry,
+        )
         self.model_info = Gauge(
             "adapool_model_info",
             "1 for each loaded model version, labelled with its provider",

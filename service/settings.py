@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         None, gt=0, description="pin every model's run size in padded tokens (none: per model)"
     )
     batch_probe_seconds: float = Field(
-        0.25, gt=0, description="about this long per model for the start-up measurement"
+        0.25,
+        gt=0,
+        description="about this long per model for the start-up measurement (3 rounds at least)",
     )
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill (0: batch what queued meanwhile)"
@@ -79,6 +81,58 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="then, time for in-flight requests to finish; requests still queued get 503",
+    )
+
+    max_header_bytes: int = Field(
+        64 * 2**10,
+        ge=1024,
+        description="request line and headers of one request; over it: 431 and the connection "
+        "closed (an endless header would hold memory and the event loop)",
+    )
+    max_query_parameters: int = Field(
+        100, gt=0, description="query parameters of one request; over it: 400 naming the query"
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="time to send a complete request head, from connecting or from its first "
+        "byte; else 408 and closed, or just closed if nothing came (silent connections, slowloris)",
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="time for a request body, plus its size at body_min_bytes_per_second; else "
+        "408 and closed (slow bodies)",
+    )
+    body_min_bytes_per_second: int = Field(
+        16 * 2**10, gt=0, description="the body rate a client must keep after body_timeout_seconds"
+    )
+    keep_alive_seconds: int = Field(
+        5, gt=0, description="an idle keep-alive connection is closed after this (uvicorn's)"
+    )
+    max_connections: int = Field(
+        4096,
+        gt=0,
+        description="open connections (the file-descriptor limit is raised to fit); beyond it a "
+        "new one replaces the oldest without a complete request head, or gets 503",
+    )
+    reserved_connections: int = Field(
+        32,
+        ge=0,
+        description="of max_connections, kept for /health/* and /metrics: other routes get 503 "
+        "on them, so probes and scrapes still get through near the cap",
+    )
+    max_requests_per_connection: int = Field(
+        0,
+        ge=0,
+        description="answer Connection: close after this many requests on one connection, so "
+        "keep-alive clients reach new replicas (0: no cap)",
+    )
+    max_connection_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="answer Connection: close on the first request after a connection is this "
+        "old (0: no cap)",
     )
 
     top_k: int = Field(5, ge=0, description="default number of top tokens in diagnostics")
@@ -103,6 +157,8 @@ class Settings(BaseSettings):
             raise ValueError("max_items_per_request must be <= max_batch_size")
         if self.max_tokens_per_request > self.max_batch_tokens:
             raise ValueError("max_tokens_per_request must be <= max_batch_tokens")
+        if self.reserved_connections >= self.max_connections:
+            raise ValueError("reserved_connections must be < max_connections")
         return self
 
 
@@ -114,6 +170,8 @@ def settings_table() -> str:
         shown = "(none)" if default is None else str(default)
         if name == "max_body_bytes":
             shown += f" ({default // 2**20} MiB)"
+        if name in ("max_header_bytes", "body_min_bytes_per_second"):
+            shown += f" ({default // 2**10} KiB)"
         flag = "--" + name.replace("_", "-")
         rows.append(f"| `ADAPOOL_{name.upper()}` / `{flag}` | `{shown}` | {info.description} |")
     return "\n".join(rows) + "\n"

@@ -14,6 +14,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import InternalError, render
+from service.errors import BadRequest
 from service.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -23,11 +24,13 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 class RequestContext:
     """Assigns a request id (the client's X-Request-Id if it is safe, else a new one), echoes it
-    in the response, and counts requests by model, route template and status."""
+    in the response, counts requests by model, route template and status, and refuses a query
+    string of more than ``max_query_parameters`` parameters (400, before any route parses it)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_query_parameters: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_query_parameters = max_query_parameters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,6 +57,10 @@ class RequestContext:
 
         self.metrics.in_flight.inc()
         try:
+            too_many = self._too_many_parameters(scope.get("query_string", b""))
+            if too_many is not None:
+                await render(scope, too_many, rid)(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             pass  # the client left mid-upload: nothing to answer; counted as 499 below
@@ -67,6 +74,16 @@ class RequestContext:
             self.metrics.in_flight.dec()
             if first:  # no response was started (the client left): still count it
                 self._observe(scope, 499, time.perf_counter() - started)
+
+    def _too_many_parameters(self, query: bytes) -> BadRequest | None:
+        if query.count(b"&") < self.max_query_parameters:  # at most that many parameters
+            return None
+        count = sum(1 for part in query.split(b"&") if part)
+        if count <= self.max_query_parameters:
+            return None
+        limit = self.max_query_parameters
+        message = f"query: {count} parameters, over the limit of {limit}"
+        return BadRequest(message, {"field": "query", "count": count, "limit": limit})
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = _route_template(scope)

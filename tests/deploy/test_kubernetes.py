@@ -47,6 +47,9 @@ KINDS["kserve"] = KINDS["base"] - {"Deployment", "Service", "HorizontalPodAutosc
 NOT_DEFAULT = {
     "device": "cpu",  # the image's (docker/Dockerfile); overlays/gpu sets cuda
     "shutdown_drain_seconds": 10.0,  # readiness 503 while serving, after the preStop sleep
+    # Connection lifetime caps, so that keep-alive clients reach new replicas (issue 19).
+    "max_requests_per_connection": 1000,
+    "max_connection_seconds": 300.0,
 }
 # Set in the container, not in the ConfigMap: the container's own, or from elsewhere.
 IN_CONTAINER = {"host", "port", "model_repository", "intra_op_threads", "api_key"}
