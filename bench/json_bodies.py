@@ -8,13 +8,13 @@ the committed models) is measured in one run:
 
 - a normal client's latency, one small ``.npy`` request (1 x 32 tokens) after another, first
   alone, then while ``--attackers`` clients each send the worst JSON body the limits let be
-  parsed (``max_json_values`` values, 2,097,152 by default) again and again;
+  parsed (``max_json_values`` values, 1,048,576 by default) again and again;
 - the server's peak RSS over that time (its process and any worker, ``VmHWM`` after a reset),
   and its RSS a second after the attack.
 
 A body of that many values is parsed in full and then refused (413: its items are longer than
-``max_tokens_per_item``); the worst body the default model accepts, 16 x 2,048 tokens, holds a
-quarter as many. Results go to ``results/bench/json.json`` and ``.md``.
+``max_tokens_per_item``); the worst body the default model accepts, 16 x 2,048 tokens, holds half
+as many. Results go to ``results/bench/json.json`` and ``.md``.
 """
 
 from __future__ import annotations
