@@ -53,6 +53,8 @@ SERIES = (
         accept="application/x-npz",
     ),
     Series("ours-json", "ours", "json", "ours, JSON lists -> JSON + diagnostics", False),
+    Series("ours-v2-binary", "ours", "v2binary", "ours, v2 binary tensors", True),
+    Series("ours-v2-json", "ours", "v2json", "ours, v2 JSON", False),
     Series("naive-json", "naive", "json", "naive FastAPI, JSON lists (pydantic)", False),
     Series("litserve-json", "litserve", "json", "LitServe, JSON lists", False),
     Series("litserve-b64", "litserve", "base64", "LitServe, base64 in JSON", True),
@@ -63,13 +65,16 @@ BY_NAME = {s.name: s for s in SERIES}
 
 
 def write_v2_body(folder: Path, fmt: str, x: NDArray[np.float32]) -> Body:
-    """A KServe v2 inference request for ``embeddings`` = ``x``: JSON tensors (answers in
-    JSON) or the binary tensor extension (answers in binary too)."""
+    """A KServe v2 inference request for ``embeddings`` = ``x`` (no ``attention_mask``: every
+    token real), asking for ``pooled`` and ``weights``: JSON tensors (answers in JSON) or the
+    binary tensor extension (answers in binary too). Ours and Triton get the same bytes."""
     shape = list(x.shape)
     path = folder / f"{fmt}-{'x'.join(str(s) for s in shape)}.body"
     tensor: dict[str, Any] = {"name": "embeddings", "shape": shape, "datatype": "FP32"}
     if fmt == "v2json":
-        path.write_bytes(orjson.dumps({"inputs": [tensor | {"data": x.ravel().tolist()}]}))
+        outputs = [{"name": "pooled"}, {"name": "weights"}]
+        body = {"inputs": [tensor | {"data": x.ravel().tolist()}], "outputs": outputs}
+        path.write_bytes(orjson.dumps(body))
         return Body(path, "application/json", {})
     if fmt != "v2binary":
         raise ValueError(f"unknown v2 format {fmt!r}")
@@ -113,10 +118,14 @@ def parse_v2(body: bytes, header_length: int | None) -> dict[str, NDArray[np.flo
 
 
 def answer_arrays(series: Series, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-    """``pooled`` [B, D_out] and ``weights`` [B, N] from one answer; ``diagnostics`` if any."""
-    if series.server == "triton":
+    """``pooled`` [B, D_out] and ``weights`` [B, N] from one answer; ``diagnostics`` if any.
+    Our v2 answer carries the graph's per-head weights [B, H, N] (Triton's peer, the head mean)."""
+    if series.fmt.startswith("v2"):
         length = headers.get(V2_HEADER.lower())
-        return parse_v2(body, int(length) if length is not None else None)
+        out = parse_v2(body, int(length) if length is not None else None)
+        if out["weights"].ndim == 3:
+            out["weights"] = out["weights"].mean(axis=1)
+        return out
     if series.accept == "application/x-npz":
         with np.load(io.BytesIO(body), allow_pickle=False) as npz:
             return {"pooled": npz["pooled"], "weights": npz["weights"].mean(axis=1)}
@@ -148,7 +157,10 @@ def check(
                 f"(max abs difference {worst:.2g})"
             )
     wants_diagnostics = (
-        series.server == "ours" and "diagnostics=false" not in series.query and not series.accept
+        series.server == "ours"
+        and not series.fmt.startswith("v2")  # asks for pooled and weights alone
+        and "diagnostics=false" not in series.query
+        and not series.accept
     )
     if ("diagnostics" in got) != wants_diagnostics:
         raise RuntimeError(f"{series.name}: diagnostics present: {'diagnostics' in got}")

@@ -7,7 +7,9 @@ and answers the same content (pooled vectors and head-mean pooling weights per i
 its diagnostics, or not with ``diagnostics=false``); each is started here on loopback, checked
 against ONNX Runtime in process, then driven by hey in a separate process:
 
-- ours: ``python -m service`` (``bench.process.running_server``), default settings;
+- ours: ``python -m service`` (``bench.process.running_server``), default settings, on its
+  /pool routes and on the KServe v2 infer route (``ours-v2-binary``, ``ours-v2-json``: the very
+  bytes Triton gets, so the two compare on one protocol and one client, issue #17);
 - naive: ``bench.peers.naive`` (FastAPI, pydantic lists, one model run per request);
 - LitServe: ``bench.peers.litserve_peer``, batching on (64 items per run, ``--litserve-batch-
   timeout``);
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench import compare_render, compare_report, hey, pyspy
-from bench.bodies import SERIES, Series, body_for, check
+from bench.bodies import BY_NAME, SERIES, Series, body_for, check
 from bench.peers import envs, launch
 from bench.process import free_port, running_server
 from bench.procstat import TreeUsage
@@ -105,6 +107,32 @@ def model_file(repository: Path, model: str) -> Path:
     return repository / model / "1" / "model.onnx"
 
 
+def v2_infer(url: str, model: str) -> str:
+    return f"{url}/v2/models/{model}/infer"
+
+
+def ours_endpoint(url: str, model: str, series: Series) -> str:
+    """Our /pool route, or the v2 infer route for the v2 series."""
+    if series.fmt.startswith("v2"):
+        return v2_infer(url, model)
+    return f"{url}/models/{model}/pool{series.query}"
+
+
+def triton_command(
+    python: Path, repository: Path, models: list[str], delay_us: int, http: int, grpc: int = 0
+) -> list[str]:
+    """The Triton peer's command line: HTTP on ``http``, gRPC on ``grpc`` (0: a free port)."""
+    command = [str(python), "-m", "bench.peers.triton_peer"]
+    command += [f"--model={m}={model_file(repository, m)}" for m in models]
+    command += ["--http-port", str(http), "--grpc-port", str(grpc or free_port())]
+    command += ["--metrics-port", str(free_port()), "--max-batch-size", str(BATCH_ITEMS)]
+    return [*command, "--delay-us", str(delay_us)]
+
+
+def triton_ready_paths(models: list[str]) -> list[str]:
+    return ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]
+
+
 def deployments(run: Run, server: str, triton_python: Path | None) -> list[Deployment]:
     a, repo = run.args, run.repository
     logs = a.work / "logs"
@@ -115,18 +143,11 @@ def deployments(run: Run, server: str, triton_python: Path | None) -> list[Deplo
         @contextmanager
         def ours() -> Iterator[tuple[str, int]]:
             flags = ["--models", ",".join(a.models), "--default-model", a.models[0]]
-            with running_server(repo, flags) as (url, process):
+            with running_server(repo, flags + a.ours_flags) as (url, process):
                 yield url, process.pid
 
-        return [
-            Deployment(
-                "ours",
-                "python -m service",
-                both,
-                ours,
-                lambda u, m, s: f"{u}/models/{m}/pool{s.query}",
-            )
-        ]
+        label = " ".join(["python -m service", *a.ours_flags])
+        return [Deployment("ours", label, both, ours, ours_endpoint)]
 
     def peer(command: list[str], port: int, ready: list[str], name: str, **kw: Any) -> Start:
         @contextmanager
@@ -164,18 +185,12 @@ def deployments(run: Run, server: str, triton_python: Path | None) -> list[Deplo
                     )
                 )
     if server == "triton" and triton_python is not None:
-        http, grpc, metrics = free_port(), free_port(), free_port()
-        command = [str(triton_python), "-m", "bench.peers.triton_peer"]
-        command += [f"--model={m}={model_file(repo, m)}" for m in a.models]
-        command += ["--http-port", str(http), "--grpc-port", str(grpc)]
-        command += ["--metrics-port", str(metrics), "--max-batch-size", str(BATCH_ITEMS)]
-        command += ["--delay-us", str(a.triton_delay_us)]
-        ready = ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in a.models]
+        http = free_port()
+        command = triton_command(triton_python, repo, a.models, a.triton_delay_us, http)
+        ready = triton_ready_paths(a.models)
         start = peer(command, http, ready, "triton", stop_signal=signal.SIGINT, ready_timeout=240)
         label = f"max_batch_size={BATCH_ITEMS}, max_queue_delay_microseconds={a.triton_delay_us}"
-        out.append(
-            Deployment(server, label, both, start, lambda u, m, s: f"{u}/v2/models/{m}/infer")
-        )
+        out.append(Deployment(server, label, both, start, lambda u, m, s: v2_infer(u, m)))
     return out
 
 
@@ -299,23 +314,24 @@ def profile(run: Run, out: Path) -> dict[str, Any]:
     """py-spy on our server under load: raw stacks per workload, one flame graph."""
     a = run.args
     workloads = [(a.models[0], 8), (a.models[0], 1)] + [(m, 8) for m in a.models[1:]]
-    series = next(s for s in SERIES if s.name == "ours-npy")
+    series = BY_NAME[a.profile_series]
     result: dict[str, Any] = {"series": series.name, "concurrency": 32, "workloads": []}
-    flags = ["--models", ",".join(a.models), "--default-model", a.models[0]]
+    flags = ["--models", ",".join(a.models), "--default-model", a.models[0], *a.ours_flags]
     with running_server(run.repository, flags) as (url, process):
         for i, (model, items) in enumerate(workloads):
             body = run.body(series, model, items)
-            endpoint = f"{url}/models/{model}/pool"
+            endpoint = ours_endpoint(url, model, series)
             hey.run_summary(endpoint, body.path, body.content_type, body.headers, 32, 1.0)
             before = server_stats(url, model)
-            command = [hey.HEY, "-z", f"{a.profile_seconds + 2}s", "-c", "32", "-m", "POST"]
-            command += ["-T", body.content_type, "-D", str(body.path), endpoint]
+            command = hey.command(
+                endpoint, body.path, body.content_type, body.headers, 32, a.profile_seconds + 2
+            )
             load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            name = f"compare-profile-{model}-{items}"
+            name = f"compare-profile-{model}-{items}{'-v2' if series.fmt.startswith('v2') else ''}"
             report = pyspy.record(process.pid, a.profile_seconds, out / f"{name}.txt")
             svg = ""
             if i == 0:
-                svg = f"compare-profile-{model}-{items}.svg"
+                svg = f"{name}.svg"
                 pyspy.record(process.pid, a.profile_seconds / 2, out / svg, fmt="flamegraph")
             summary = hey.parse_summary(load.communicate()[0].decode())
             after = server_stats(url, model)
@@ -351,7 +367,8 @@ def peer_status(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     defaults = {k: Settings.model_fields[k].default for k in ("max_batch_size", "max_wait_ms")}
     if "ours" in a.servers:
         version = metadata.version("adapool-serve")
-        out["ours"] = {"status": "ok", "version": version, "settings": defaults}
+        flags = {"flags": " ".join(a.ours_flags)} if a.ours_flags else {}
+        out["ours"] = {"status": "ok", "version": version, "settings": defaults | flags}
     if "naive" in a.servers:
         versions = {d: metadata.version(d) for d in ("fastapi", "pydantic", "uvicorn")}
         out["naive"] = {
@@ -397,6 +414,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--litserve-batch-timeout", type=float, default=0.002)
     p.add_argument("--triton-delay-us", type=int, default=0)
     p.add_argument("--profile-seconds", type=float, default=6.0, help="0: no profile")
+    p.add_argument(
+        "--profile-series",
+        default="ours-npy",
+        choices=[s.name for s in SERIES if s.server == "ours"],
+        help="the series py-spy profiles",
+    )
+    p.add_argument(
+        "--ours-flags",
+        default="",
+        help="more flags for our server, space-separated: --ours-flags='--batch-policy off'",
+    )
     p.add_argument("--out", type=Path, default=root / "results" / "bench")
     p.add_argument("--work", type=Path, default=root / "runs" / "bench")
     p.add_argument("--quick", action="store_true", help="a smoke run: default model, 1 round")
@@ -408,6 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.items = [int(i) for i in str(a.items).split(",")]
     a.servers = [s for s in str(a.servers).split(",") if s]
     a.series = [s for s in str(a.series).split(",") if s]
+    a.ours_flags = str(a.ours_flags).split()
     return a
 
 

@@ -153,6 +153,35 @@ def ratio_tables(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def v2_table(results: dict[str, Any]) -> list[str]:
+    """Issue #17: ours against Triton on the KServe v2 protocol, every workload."""
+    rows = results.get("v2_vs_triton") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        "KServe v2, one protocol and one client: ours (POST /v2/models/{m}/infer) against "
+        "Triton (PyTriton) on the same request bytes from hey, asking for `pooled` and "
+        "`weights` (ours answers the graph's per-head weights [B, H, N], Triton's peer their "
+        "mean [B, N]). Items/s ratio ours/Triton [range over the rounds]; p99 ratio "
+        "Triton's/ours (above 1: ours is lower):",
+        "",
+        "| model | items | c | format | ours items/s | Triton items/s | items/s ratio | "
+        "ours p99 ms | Triton p99 ms | p99 ratio | ours ahead on both |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["ours"], r["model"], r["items"], r["concurrency"])):
+        fmt = "binary" if r["ours"] == "ours-v2-binary" else "JSON"
+        lines.append(
+            f"| {r['model']} | {r['items']} | {r['concurrency']} | {fmt} | "
+            f"{r['ours_items_per_second']:,.0f} | {r['peer_items_per_second']:,.0f} | "
+            f"{_ratio(r['items_per_second'])} | {r['ours_p99_ms']:.1f} | "
+            f"{r['peer_p99_ms']:.1f} | {r['p99']['ratio']:.2f}x | "
+            f"{'yes' if r['ahead'] else 'no'} |"
+        )
+    return lines
+
+
 def targets_table(results: dict[str, Any]) -> list[str]:
     lines = ["", "Targets:", "", "| target | measured | met | in this run |", "|---|---:|---|---|"]
     for t in results["targets"]:
@@ -220,7 +249,8 @@ def profile_section(results: dict[str, Any]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = header(results) + raw_table(results) + cell_tables(results)
-    lines += ratio_tables(results) + targets_table(results) + profile_section(results)
+    lines += ratio_tables(results) + v2_table(results) + targets_table(results)
+    lines += profile_section(results)
     if results["failures"]:
         lines += ["", "Failures:", ""]
         for f in results["failures"]:
@@ -324,9 +354,7 @@ def write(results: dict[str, Any], out: Path, name: str) -> None:
 def rerender(path: Path) -> None:
     """Derived figures (ratios, targets, the profile's stages) again from a run's JSON."""
     results = json.loads(path.read_text())
-    results["vs_raw"] = compare_report.vs_raw(results)
-    results["vs_peers"] = compare_report.vs_peers(results)
-    results["targets"] = compare_report.targets(results)
+    compare_report.derive(results)
     for w in (results.get("profile") or {}).get("workloads", []):
         stacks = path.parent / w["raw_stacks"]
         if stacks.exists():

@@ -22,6 +22,8 @@ LIKE_FOR_LIKE = {
     "triton-binary": ("ours-npz", "ours-npy-nodiag"),
 }
 PEER_BINARY = tuple(LIKE_FOR_LIKE)
+# Issue #17: one protocol (KServe v2), one client (hey), the same request bytes to both servers
+V2_PAIRS = {"ours-v2-binary": "triton-binary", "ours-v2-json": "triton-json"}
 TARGET_CONCURRENCY = 32
 
 
@@ -115,10 +117,16 @@ def build(
         "failures": failures,
         "profile": profile,
     }
+    derive(results)
+    return results
+
+
+def derive(results: dict[str, Any]) -> None:
+    """The figures computed from the cells: ratios and targets (again on a re-render)."""
     results["vs_raw"] = vs_raw(results)
     results["vs_peers"] = vs_peers(results)
+    results["v2_vs_triton"] = v2_vs_triton(results)
     results["targets"] = targets(results)
-    return results
 
 
 def _order(item: tuple[Key, Any]) -> tuple[int, str, int, int]:
@@ -172,6 +180,27 @@ def vs_peers(results: dict[str, Any]) -> list[dict[str, Any]]:
                 {"ours": series, "peer": peer, "model": model, "items": items, "concurrency": c}
                 | {"items_per_second": ratio(mine, theirs), "p99": ratio(theirs, mine, "p99_ms")}
             )
+    return out
+
+
+def v2_vs_triton(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our v2 route against Triton's on every workload and concurrency both were measured on:
+    items/s (ours over Triton's) and p99 (Triton's over ours: above 1, ours is lower)."""
+    cells = lookup(results)
+    out = []
+    for (series, model, items, c), mine in cells.items():
+        peer = V2_PAIRS.get(series)
+        theirs = cells.get((peer, model, items, c)) if peer else None
+        if peer is None or theirs is None:
+            continue
+        r, p = ratio(mine, theirs), ratio(theirs, mine, "p99_ms")
+        out.append(
+            {"ours": series, "peer": peer, "model": model, "items": items, "concurrency": c}
+            | {"ours_items_per_second": mine["items_per_second"]}
+            | {"peer_items_per_second": theirs["items_per_second"]}
+            | {"ours_p99_ms": mine["p99_ms"], "peer_p99_ms": theirs["p99_ms"]}
+            | {"items_per_second": r, "p99": p, "ahead": r["ratio"] > 1 and p["ratio"] > 1}
+        )
     return out
 
 
@@ -238,6 +267,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     context,
                     met=r["ratio"] > 1 and p["ratio"] > 1,
                 )
+    for row in v2_vs_triton(results):
+        if row["ours"] != "ours-v2-binary":
+            continue
+        r, p = row["items_per_second"], row["p99"]
+        add(
+            f"ahead of triton-binary on items/s and p99, same v2 binary bodies, "
+            f"c={row['concurrency']}, {row['model']} [{row['items']}] (ours v2 binary)",
+            r["ratio"],
+            1,
+            f"items/s {row['ours_items_per_second']:,.0f} vs {row['peer_items_per_second']:,.0f}"
+            f" [{r['low']:.2f}, {r['high']:.2f}]; p99 {row['ours_p99_ms']:.1f} vs "
+            f"{row['peer_p99_ms']:.1f} ms ({p['ratio']:.2f}x)",
+            met=row["ahead"],
+        )
     wide = models[-1] if len(models) > 1 else None
     for items in sorted(settings.get("items", [1, 8]), reverse=True):
         served = cells.get((OURS_BINARY, wide, items, c)) if wide else None

@@ -151,7 +151,7 @@ def missing() -> str | None:
     return None
 
 
-def _command(
+def command(
     url: str,
     body: Path,
     content_type: str,
@@ -162,11 +162,11 @@ def _command(
 ) -> list[str]:
     """hey's command line for a POST load of ``seconds`` at ``concurrency``, plus ``extra``."""
     version()
-    command = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", *extra]
-    command += ["-T", content_type, "-D", str(body), "-disable-compression"]
+    line = [HEY, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", *extra]
+    line += ["-T", content_type, "-D", str(body), "-disable-compression"]
     for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    return [*command, url]
+        line += ["-H", f"{name}: {value}"]
+    return [*line, url]
 
 
 def run(
@@ -178,8 +178,8 @@ def run(
     seconds: float,
 ) -> LoadResult:
     """POST ``body`` to ``url`` from ``concurrency`` connections for ``seconds``."""
-    command = _command(url, body, content_type, headers, concurrency, seconds, "-o", "csv")
-    done = subprocess.run(command, capture_output=True, check=True, timeout=seconds + 120)
+    line = command(url, body, content_type, headers, concurrency, seconds, "-o", "csv")
+    done = subprocess.run(line, capture_output=True, check=True, timeout=seconds + 120)
     return parse_csv(done.stdout.decode())
 
 
@@ -194,9 +194,9 @@ def run_summary(
 ) -> LoadResult:
     """As :func:`run`, read from hey's summary (which counts transport errors); each request
     gives up after ``timeout`` seconds (hey's ``-t``; an error then)."""
-    command = _command(url, body, content_type, headers, concurrency, seconds, "-t", str(timeout))
+    line = command(url, body, content_type, headers, concurrency, seconds, "-t", str(timeout))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(command, capture_output=True, check=True, timeout=seconds + timeout + 120)
+    done = subprocess.run(line, capture_output=True, check=True, timeout=seconds + timeout + 120)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # hey was waited for: it counts now
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return dataclasses.replace(parse_summary(done.stdout.decode()), client_cpu_seconds=used)

@@ -27,7 +27,12 @@ from typing import Any
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import (
+    DEFAULT_PROTECTED_ENDPOINTS,
+    Triton,
+    TritonConfig,
+    TritonSecurityConfig,
+)
 
 from service.core.backend import OnnxBackend
 
@@ -76,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         allow_gpu_metrics=False,
     )
-    with Triton(config=config) as triton:
+    # PyTriton guards the statistics API with a random access token; perf_analyzer reads it
+    # (Triton lists the extension), so it is open here, as in a plain tritonserver
+    restricted = [e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
+    security = TritonSecurityConfig(restricted_endpoints=restricted)
+    with Triton(config=config, security_config=security) as triton:
         for spec in args.model:
             name, _, path = spec.partition("=")
             backend = OnnxBackend(Path(path), device="cpu")

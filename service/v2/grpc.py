@@ -28,7 +28,7 @@ from service.core.runtime import Runtime
 from service.errors import BadRequest, NotReady, ServiceError
 from service.v2 import metadata, tensors
 from service.v2.outputs import DIAGNOSTIC_NAMES, output_array, output_specs
-from service.v2.rest import V2_STATUS, ready_version, version_of
+from service.v2.rest import V2_STATUS, encoded, ready_version, version_of
 
 log = logging.getLogger("adapool.service")
 Message = TypeVar("Message")
@@ -204,7 +204,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             caller = GrpcCaller(request, self.runtime)
             version = version_of(request.model_version or None)
             result = await self.runtime.pool(request.model_name, version, caller)
-            return caller.answer(result)
+            return encoded(result, caller.answer)
 
         return await self._call("ModelInfer", context, infer)
 

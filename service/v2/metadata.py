@@ -53,7 +53,9 @@ def model_metadata(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
 
 def model_config(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
     """Triton's model configuration: the batch axis is Triton's (``max_batch_size``), so dims
-    leave it out; a per-item scalar is dims [1] reshaped to [] (Triton's own convention)."""
+    leave it out; a per-item scalar is dims [1] reshaped to [] (Triton's own convention).
+    ``attention_mask`` is ``optional`` (every token real without it), so perf_analyzer sends
+    ``embeddings`` alone, the same request a Triton model without a mask input gets."""
     assert served.manifest is not None
     s = runtime.settings
 
@@ -63,6 +65,8 @@ def model_config(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
         entry["dims"] = dims or [1]
         if not dims:
             entry["reshape"] = {"shape": []}
+        if name == MASK:
+            entry["optional"] = True
         return entry
 
     return {

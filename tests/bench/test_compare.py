@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import compare_render, compare_report, hey, procstat
-from bench.bodies import BY_NAME, parse_v2, write_v2_body
+from bench.bodies import BY_NAME, answer_arrays, parse_v2, write_v2_body
 
 SUMMARY = """
 Summary:
@@ -230,3 +230,52 @@ def test_v2_binary_body_and_answer_round_trip(tmp_path: Path) -> None:
     as_json = {"outputs": [{"name": "pooled", "shape": [1, 2], "data": [1.0, 2.0]}]}
     assert parse_v2(json.dumps(as_json).encode(), None)["pooled"].tolist() == [[1.0, 2.0]]
     assert BY_NAME["triton-binary"].binary and not BY_NAME["triton-json"].binary
+
+
+def test_v2_rows_and_targets_against_triton_on_every_workload(tmp_path: Path) -> None:
+    cells = {
+        ("ours-v2-binary", "wide", 8, 1): [run(200, 8)],
+        ("triton-binary", "wide", 8, 1): [run(100, 10)],  # ours ahead on both
+        ("ours-v2-binary", "wide", 8, 32): [run(300, 60)],
+        ("triton-binary", "wide", 8, 32): [run(250, 50)],  # more items/s, a higher p99
+        ("ours-v2-json", "wide", 8, 32): [run(120, 90)],
+        ("triton-json", "wide", 8, 32): [run(100, 100)],
+        ("ours-v2-binary", "small", 8, 32): [run(300, 60)],  # no Triton cell: no row
+    }
+    results = results_for(cells)
+    rows = {(r["ours"], r["concurrency"]): r for r in results["v2_vs_triton"]}
+    assert set(rows) == {("ours-v2-binary", 1), ("ours-v2-binary", 32), ("ours-v2-json", 32)}
+    assert rows[("ours-v2-binary", 1)]["ahead"] and not rows[("ours-v2-binary", 32)]["ahead"]
+    assert rows[("ours-v2-binary", 32)]["p99"]["ratio"] == pytest.approx(50 / 60)
+    v2 = [t for t in results["targets"] if "same v2 binary bodies" in t["target"]]
+    assert [(t["target"].split(", ")[2], t["met"]) for t in v2] == [("c=1", True), ("c=32", False)]
+    compare_render.write(results, tmp_path, "compare")
+    text = (tmp_path / "compare.md").read_text()
+    assert (
+        "| wide | 8 | 32 | binary | 300 | 250 | 1.20x [1.20-1.20] | 60.0 | 50.0 | 0.83x | no |"
+        in text
+    )
+    assert (
+        "| wide | 8 | 32 | JSON | 120 | 100 | 1.20x [1.20-1.20] | 90.0 | 100.0 | 1.11x | yes |"
+        in text
+    )
+
+
+def test_our_v2_answer_reads_as_head_mean_weights(tmp_path: Path) -> None:
+    pooled = np.ones((2, 4), np.float32)
+    weights = np.stack([np.full((2, 3), 0.2), np.full((2, 3), 0.4)], axis=1).astype(np.float32)
+    outputs = [
+        {"name": n, "datatype": "FP32", "shape": list(a.shape)}
+        | {"parameters": {"binary_data_size": a.nbytes}}
+        for n, a in (("pooled", pooled), ("weights", weights))
+    ]
+    header = json.dumps({"outputs": outputs}).encode()
+    body = header + pooled.tobytes() + weights.tobytes()
+    got = answer_arrays(
+        BY_NAME["ours-v2-binary"], body, {"inference-header-content-length": str(len(header))}
+    )
+    assert got["weights"].shape == (2, 3) and np.allclose(got["weights"], 0.3)
+    assert "diagnostics" not in got
+    x = np.zeros((1, 2, 3), np.float32)
+    asked = json.loads(write_v2_body(tmp_path, "v2json", x).path.read_bytes())["outputs"]
+    assert asked == [{"name": "pooled"}, {"name": "weights"}]  # no diagnostics for either server

@@ -22,6 +22,7 @@ import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException
 
 from bench import process
+from bench.serve import server_stats
 from tests.service.server import REPOSITORY
 
 MODEL, KNN = "signature-adapool", "knn-avg"
@@ -118,6 +119,8 @@ def test_health_metadata_and_config_over_http(server: tuple[str, str]) -> None:
     config = c.get_model_config(MODEL)
     assert config["max_batch_size"] == 64 and "dynamic_batching" in config
     assert [i["name"] for i in config["input"]] == ["embeddings", "attention_mask"]
+    # optional: perf_analyzer then sends embeddings alone, as to a Triton model without a mask
+    assert config["input"][1]["optional"] and "optional" not in config["input"][0]
     assert {o["name"] for o in config["output"]} == set(outputs)
     entropy = next(o for o in config["output"] if o["name"] == "entropy")
     assert entropy["dims"] == [1] and entropy["reshape"] == {"shape": []}
@@ -141,6 +144,17 @@ def test_infer_over_http_equals_onnxruntime(server: tuple[str, str], binary: boo
     np.testing.assert_allclose(
         pooled.as_numpy("pooled"), onnx_outputs(KNN, x, mask)["pooled"], atol=1e-5
     )
+
+
+def test_v2_answers_are_timed_in_the_encode_stage(server: tuple[str, str]) -> None:
+    def encodes() -> float:
+        return server_stats(f"http://{server[0]}", MODEL).get("encode_count", 0.0)
+
+    before = encodes()
+    x, mask = ragged(seed=2)
+    httpclient.InferenceServerClient(server[0]).infer(MODEL, http_inputs(x, mask, True))
+    grpcclient.InferenceServerClient(server[1]).infer(MODEL, grpc_inputs(x, mask))
+    assert encodes() == before + 2
 
 
 def test_infer_over_grpc_equals_onnxruntime(server: tuple[str, str]) -> None:
