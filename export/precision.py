@@ -23,10 +23,14 @@ an fp32 version. Kept in float32 (:data:`KEEP_FLOAT32`), each behind a Cast in a
   float32 runs as written and the converter casts its result to float16.
 
 The other operators (the MatMul and Gemm of every projection and MLP, Gelu, Add, Where)
-are float16 in the graph, and its weights are stored in float16 (half the file). On CPU,
-ONNX Runtime runs a float16 node that its CPU provider has no float16 kernel for in float32
-between Casts of its own (``python -m bench.precision`` counts them in the optimised graph):
-the gain is the GPU's, not the CPU's.
+are float16 in the graph, and its weights are stored in float16 (the wide benchmark model's
+file: 0.55x). On CPU, ONNX Runtime 1.32 computes none of them in float16: in its optimised
+graph (``python -m bench.precision`` lists it) every MatMul, Gemm, Add, Mul, Where and the
+attention reads float32, cast there by ONNX Runtime itself; only data movement (Reshape,
+Concat, Split, Transpose, Expand) stays float16.
+So on CPU an fp16 version is the float32 computation with float16 rounding and more Casts, and
+no faster (BENCHMARKS.md "fp16 on CPU"); the gain it is for is a GPU's, untried
+here.
 """
 
 from __future__ import annotations

@@ -88,3 +88,16 @@ async def test_the_service_serves_an_fp16_version(fp16_repository: Path) -> None
     assert np.abs(np.subtract(half["pooled"], full["pooled"])).max() <= FP16_TOLERANCE
     assert np.abs(np.subtract(half["weights"], full["weights"])).max() <= FP16_TOLERANCE
     assert np.allclose(np.sum(half["weights"], axis=1), 1.0, atol=1e-4)
+
+
+def test_onnx_runtime_computes_an_fp16_graph_in_float32_on_cpu(fp16_repository: Path) -> None:
+    """What BENCHMARKS.md says of fp16 on CPU (onnxruntime pinned): in the optimised graph only
+    data movement reads float16; the matrix products read float32."""
+    from bench.precision import float16_nodes
+
+    nodes = float16_nodes(fp16_repository / "knn-adapool-ego" / "1" / "model.onnx")
+    assert nodes["casts_written"] > nodes["casts_optimised"] > 0
+    assert nodes["float16_ops_optimised"]
+    assert not {"MatMul", "Gemm", "MultiHeadAttention", "Softmax"} & set(
+        nodes["float16_ops_optimised"]
+    )
