@@ -6,6 +6,8 @@
 Writes ``<repository>/<name>/<version>/`` (model.onnx, manifest.json, checkpoint/) and
 ``<repository>/<name>/config.pbtxt``, then checks ONNX Runtime against PyTorch on the parity
 cases and records the result in the manifest. Refuses to overwrite an existing version.
+``--precision fp16`` writes a float16 graph with float32 inputs and outputs (``export.precision``),
+checked against PyTorch's float32 within ``export.parity.FP16_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import onnx
 
 from export.attention import ATTENTION
 from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, export_onnx, output_names
+from export.parity import TOLERANCE
+from export.precision import PRECISIONS, convert_file
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -44,7 +48,15 @@ from modelrepo import DEFAULT_RULE, FORMAT, Manifest, SignalRule, write_manifest
 from models.checkpoint import BEST_FILE, CONFIG_FILE, load_model
 from models.model import PoolingModel
 
-PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
+PACKAGES = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxconverter-common",
+    "numpy",
+    "safetensors",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -95,7 +107,13 @@ def graph_opset(model_file: Path) -> int:
 
 
 def build_manifest(
-    name: str, version: int, model: PoolingModel, run_dir: Path, out: Path, command: str
+    name: str,
+    version: int,
+    model: PoolingModel,
+    run_dir: Path,
+    out: Path,
+    command: str,
+    precision: str = "fp32",
 ) -> Manifest:
     """Everything a server or a reader needs to know about one exported version (without the
     export's own figures, which :func:`export_run` adds once parity is checked)."""
@@ -134,7 +152,7 @@ def build_manifest(
             {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", "tokens"]},
         ],
         "outputs": output_specs(model),
-        "precision": "fp32",
+        "precision": precision,
         "opset": graph_opset(out / MODEL_FILE),
         "sha256": {MODEL_FILE: sha256_file(out / MODEL_FILE)}
         | {
@@ -152,19 +170,24 @@ def build_manifest(
     return Manifest.from_dict(spec)
 
 
-def export_graph(model: PoolingModel, model_file: Path) -> dict[str, Any]:
+def export_graph(model: PoolingModel, model_file: Path, precision: str = "fp32") -> dict[str, Any]:
     """Export ``model`` to ``model_file`` and check it against PyTorch on the parity cases.
 
-    Returns the manifest's ``export`` figures (seconds, size, ONNX Runtime session start-up,
-    parity per case, the encoder's attention operator). Raises RepositoryError on a parity
-    failure.
+    ``precision``: fp32, or fp16 (the fp32 graph converted by ``export.precision``, checked
+    against PyTorch's float32 within the fp16 tolerance). Returns the manifest's ``export``
+    figures (seconds, size, ONNX Runtime session start-up, parity per case and its tolerance,
+    the encoder's attention operator). Raises RepositoryError on a parity failure.
     """
-    seconds = export_onnx(model, model_file)
+    started = time.perf_counter()
+    export_onnx(model, model_file)
+    if precision == "fp16":
+        convert_file(model_file)
+    seconds = time.perf_counter() - started
     started = time.perf_counter()
     session = cpu_session(model_file)
     startup = time.perf_counter() - started
     results = parity(session, model)
-    bad = [r.name for r in results if not r.ok()]
+    bad = [r.name for r in results if not r.ok(precision)]
     if bad:
         raise RepositoryError(f"ONNX Runtime disagrees with PyTorch on: {', '.join(bad)}")
     return {
@@ -188,12 +211,20 @@ def export_graph(model: PoolingModel, model_file: Path) -> dict[str, Any]:
             )
             for r in results
         ],
+        "parity_tolerance": TOLERANCE[precision],
         "parity_ok": True,
     }
 
 
-def export_run(run_dir: Path, name: str, version: int, repository: Path, command: str) -> Manifest:
-    """Export ``run_dir``'s best checkpoint; returns the manifest written."""
+def export_run(
+    run_dir: Path,
+    name: str,
+    version: int,
+    repository: Path,
+    command: str,
+    precision: str = "fp32",
+) -> Manifest:
+    """Export ``run_dir``'s best checkpoint at ``precision``; returns the manifest written."""
     target = version_dir(repository, name, version)
     if target.exists():
         raise RepositoryError(f"{target} exists: choose another --version")
@@ -202,10 +233,10 @@ def export_run(run_dir: Path, name: str, version: int, repository: Path, command
     with tempfile.TemporaryDirectory(dir=repository if repository.exists() else None) as tmp:
         out = Path(tmp) / "version"
         (out / CHECKPOINT_DIR).mkdir(parents=True)
-        figures = export_graph(model, out / MODEL_FILE)
+        figures = export_graph(model, out / MODEL_FILE, precision)
         for file in (CONFIG_FILE, BEST_FILE):
             shutil.copyfile(run_dir / file, out / CHECKPOINT_DIR / file)
-        manifest = build_manifest(name, version, model, run_dir, out, command)
+        manifest = build_manifest(name, version, model, run_dir, out, command, precision)
         manifest = replace(manifest, provenance=replace(manifest.provenance, export=figures))
         if config_file.exists() and config_file.read_text() != triton_config(name, manifest):
             raise RepositoryError(
@@ -224,13 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="model name in the repository")
     parser.add_argument("--version", required=True, type=int, help="integer version >= 1")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16: a float16 graph, float32 inputs and outputs (default fp32)",
+    )
     args = parser.parse_args(argv)
     command = "python -m export " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     try:
         args.repository.mkdir(parents=True, exist_ok=True)
-        manifest = export_run(args.checkpoint, args.name, args.version, args.repository, command)
+        manifest = export_run(
+            args.checkpoint, args.name, args.version, args.repository, command, args.precision
+        )
     except (RepositoryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -244,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in e["parity"]
     )
     print(
-        f"exported {args.name}/{args.version}: {e['model_bytes']:,} bytes, opset "
+        f"exported {args.name}/{args.version} ({manifest.precision}): {e['model_bytes']:,} "
+        f"bytes, opset "
         f"{manifest.opset}, export {e['seconds']:.1f}s, onnxruntime session start "
         f"{e['onnxruntime_session_seconds'] * 1000:.0f} ms, parity max abs diff {worst:.1e} "
         f"over {len(e['parity'])} cases"

@@ -19,6 +19,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 FP32_TOLERANCE = 1e-4
+# fp16 graphs (export.precision): float16 keeps 11 significant bits (relative rounding 4.9e-4)
+# through every projection, so outputs of order 1 differ from float32 PyTorch by about 1e-3
+# (the committed models converted: pooled 3.9e-3, weights 1.4e-3, head outputs 5.4e-3 at
+# worst over every case; BENCHMARKS.md "fp16"). 1e-2 leaves room for other trained models.
+FP16_TOLERANCE = 1e-2
+# Weights sum to 1 per head within this: a softmax's, kept float32, within 1e-5; AvgPool's
+# (mask / count), computed in float16 in an fp16 graph, within 3.1e-4 on the committed model.
+WEIGHT_SUM_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
+TOLERANCE = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE}
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,13 @@ class CaseResult:
     contribution_sum_error: float = 0.0
     max_contribution_on_padding: float = 0.0
 
-    def ok(self, tolerance: float = FP32_TOLERANCE) -> bool:
+    def ok(self, precision: str = "fp32") -> bool:
+        """Within the tolerances of a graph of ``precision`` (fp32 or fp16)."""
+        tolerance = TOLERANCE[precision]
         return (
             self.max_abs_diff_pooled <= tolerance
             and self.max_abs_diff_weights <= tolerance
-            and self.max_weight_sum_error <= 1e-5
+            and self.max_weight_sum_error <= WEIGHT_SUM_TOLERANCE[precision]
             and self.max_weight_on_padding == 0.0
             and all(d <= tolerance for d in self.max_abs_diff_head.values())
             and self.contribution_sum_error <= tolerance

@@ -7,7 +7,8 @@ Per version: onnx.checker (full check); sha256 of model.onnx and of the source c
 against the manifest; inputs and outputs named, typed and with dynamic batch and token axes;
 no value in the graph with the token axis twice (memory linear in tokens); Triton's
 config.pbtxt matching the manifest; ONNX Runtime against the PyTorch checkpoint on the parity
-cases of :mod:`export.parity` (max abs difference <= 1e-4, tokens 1 to 2,048); weights summing
+cases of :mod:`export.parity` (max abs difference <= 1e-4, tokens 1 to 2,048; 1e-2 for an fp16
+version, whose manifest must say fp16 where its graph stores float16 weights); weights summing
 to 1 per head over real tokens and 0 on padding. Prints one line per check and exits 1 on any
 failure.
 """
@@ -25,7 +26,8 @@ import onnxruntime as ort
 import torch
 
 from export.onnx_export import HEAD_OUTPUTS, INPUT_NAMES, exports_contributions, output_names
-from export.parity import FP32_TOLERANCE, Case, CaseResult, Outputs, compare, make_cases
+from export.parity import TOLERANCE, Case, CaseResult, Outputs, compare, make_cases
+from export.precision import graph_precision
 from export.repository import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -240,6 +242,14 @@ def verify_version(version: VersionDir) -> list[Check]:
     outputs = list(manifest.output_names)
     graph = onnx.load(str(version.model_file))
     checks.extend(_signature(graph, outputs))
+    stored = graph_precision(graph)
+    checks.append(
+        Check(
+            f"precision {manifest.precision} as the manifest says",
+            stored == manifest.precision,
+            f"the graph's weights are {stored}",
+        )
+    )
     checks.append(_memory_check(graph))
 
     config_path = version.path.parent / TRITON_CONFIG
@@ -266,11 +276,12 @@ def verify_version(version: VersionDir) -> list[Check]:
     except Exception as exc:  # an unloadable graph is a failed check, not a crash
         return [*checks, Check("onnxruntime loads the model", False, str(exc)[:200])]
     for result in parity(session, model):
-        checks.append(Check(f"parity {result.name}", result.ok(), describe(result)))
+        ok = result.ok(manifest.precision)
+        checks.append(Check(f"parity {result.name}", ok, describe(result, manifest.precision)))
     return checks
 
 
-def describe(result: CaseResult) -> str:
+def describe(result: CaseResult, precision: str = "fp32") -> str:
     """One parity case's figures, in a line."""
     head = "".join(f", {name} {diff:.2e}" for name, diff in result.max_abs_diff_head.items())
     terms = (
@@ -282,7 +293,7 @@ def describe(result: CaseResult) -> str:
     return (
         f"pooled {result.max_abs_diff_pooled:.2e}, weights {result.max_abs_diff_weights:.2e}"
         f"{head}, sum error {result.max_weight_sum_error:.1e}, on padding "
-        f"{result.max_weight_on_padding:.1e}{terms} (tolerance {FP32_TOLERANCE:g})"
+        f"{result.max_weight_on_padding:.1e}{terms} (tolerance {TOLERANCE[precision]:g})"
     )
 
 
