@@ -16,8 +16,9 @@ round on its own, not only in the fastest runs. On a machine whose other work co
 a single round can show any shape (one start-up under a load average of 4 on 2 cores measured
 132 items/s at batch 1 and 1,993 at batch 2 for the default model): then the rounds disagree,
 and the model batches up to the caps, which is what it did before there was a policy. A wrongly
-preferred small batch costs far more (about half the items/s of a small model at concurrency
-32) than a missed one (the few percent by which a wide model's curve falls).
+preferred small batch costs more (the default model's batches of 64 run at 1.3x the items/s of
+batches of 8, and every run has its own fixed costs in the server) than a missed one (the 7% by
+which the wide benchmark model's curve falls at 64: BENCHMARKS.md).
 
 The choice can be pinned (settings, or the manifest's ``serving.preferred_batch_tokens``).
 """
