@@ -43,8 +43,10 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
 
 def guarded_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn's configuration: every connection through the limits of service.connections."""
-    backlog = 2048  # uvicorn's default; the kernel caps it at net.core.somaxconn
-    max_connections = fit_descriptors(settings.max_connections, backlog)
+    # 2048 is uvicorn's default backlog; the kernel caps it at net.core.somaxconn.
+    max_connections, backlog = fit_descriptors(
+        settings.max_connections, 2048, settings.reserved_connections
+    )
     limits = Limits.from_settings(settings)
     metrics = app.state.runtime.metrics
     gate = ConnectionGate(limits, max_connections, settings.reserved_connections, metrics)

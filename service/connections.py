@@ -378,23 +378,32 @@ def refusal(error: ServiceError, default_headers: list[tuple[bytes, bytes]]) -> 
     return b"".join([STATUS_LINE[error.status], *lines, b"\r\n", body])
 
 
-def fit_descriptors(max_connections: int, backlog: int) -> int:
+def fit_descriptors(max_connections: int, backlog: int, reserved: int) -> tuple[int, int]:
     """Raise the soft file-descriptor limit towards what ``max_connections`` needs (twice the
     connections: as many again may be lingering after a refusal; those accepted at once from a
-    full ``backlog`` before they are refused; the process's other files); returns the cap that
-    fits under the limit reached."""
+    full ``backlog`` before they are refused; the process's other files); returns the cap and
+    the backlog that fit under the limit reached.
+
+    When the limit cannot be raised far enough (containers often start with 1,024, soft and
+    hard), what it allows beyond the other files is shared in thirds: the connections, those
+    lingering after a refusal, and the backlog (1,024 gives 256 connections and a backlog of
+    256). The cap stays above the ``reserved`` connections, so that the pool routes are served.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 2 * max_connections + backlog + OTHER_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and soft < needed:
         soft = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return max_connections
-    fits = max(1, (soft - backlog - OTHER_DESCRIPTORS) // 2)
+        return max_connections, backlog
+    share = max(0, soft - OTHER_DESCRIPTORS) // 3
+    fits = max(reserved + 1, min(max_connections, share))
+    backlog = max(1, min(backlog, share))
     log.warning(
-        "max_connections %d does not fit the file-descriptor limit %d: capped at %d",
+        "max_connections %d does not fit the file-descriptor limit %d: capped at %d, backlog %d",
         max_connections,
         soft,
         fits,
+        backlog,
     )
-    return fits
+    return fits, backlog

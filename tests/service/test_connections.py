@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 from typing import Any, cast
 
 import pytest
@@ -115,13 +117,27 @@ def test_a_refusal_is_the_json_error_with_a_request_id_and_close() -> None:
 
 def test_the_descriptor_limit_is_raised_to_fit_or_the_cap_lowered() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert fit_descriptors(100, 100) == 100
+    assert fit_descriptors(100, 100, 32) == (100, 100)
     if hard == resource.RLIM_INFINITY:
         pytest.skip("no hard limit to run into")
-    fits = fit_descriptors(hard * 2, 2048)
-    assert fits == max(1, (hard - 2048 - OTHER_DESCRIPTORS) // 2)
+    fits, backlog = fit_descriptors(hard * 2, 2048, 32)
+    share = (hard - OTHER_DESCRIPTORS) // 3
+    assert (fits, backlog) == (share, min(2048, share))
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard  # raised as far as it goes
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_container_limit_of_1024_still_serves_hundreds_of_connections() -> None:
+    """podman's default (1,024, soft and hard) once capped the server at 1 connection. In a
+    child process: a lowered hard limit cannot be raised again without privileges."""
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
+        "from service.connections import fit_descriptors; "
+        "print(fit_descriptors(4096, 2048, 32))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(256, 256)"
 
 
 def test_settings_keep_part_of_the_cap_for_everything_else() -> None:
