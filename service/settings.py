@@ -113,8 +113,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         4096,
         gt=0,
-        description="open connections (the file-descriptor limit is raised to fit); beyond it a "
-        "new one replaces the oldest without a complete request head, or gets 503",
+        description="open connections (the file-descriptor limit is raised to fit; where its "
+        "hard limit is lower, as podman's 1,024, the cap and the listen backlog share it: 256 "
+        "each); beyond it a new one replaces the oldest without a complete request head, or "
+        "gets 503",
     )
     reserved_connections: int = Field(
         32,
