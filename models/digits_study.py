@@ -17,7 +17,6 @@ depth 0 (without an encoder it is the same function as AdaPool with the same que
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
@@ -41,7 +40,7 @@ from models.config import (
 )
 from models.data.digits_bags import BagsSpec, write
 from models.digits_report import write_results
-from models.sweep import Run, train_all
+from models.sweep import Run, study_parser, train_all
 
 DATA_FILES = {"classification": "bags.npz", "regression": "centroid.npz"}
 
@@ -178,15 +177,7 @@ def write_data(preset: Preset, runs_root: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.digits_study", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--preset", required=True, type=Path)
-    parser.add_argument("--runs", type=Path, help="run directories (default runs/<name>)")
-    parser.add_argument("--results", type=Path, help="results folder (default results/<name>)")
-    parser.add_argument("--workers", type=int, help="parallel runs (overrides study.workers)")
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args(argv)
+    args = study_parser("python -m models.digits_study", __doc__).parse_args(argv)
     try:
         preset = load_preset(args.preset)
     except ConfigError as exc:

@@ -24,7 +24,6 @@ Writes ``bands.csv``, ``rules.csv``, ``summary.md``, ``signature.png`` and ``met
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
@@ -52,7 +51,7 @@ from models.metrics import (
     weight_quality,
 )
 from models.report import git_commit
-from models.sweep import Run, train_all
+from models.sweep import Run, study_parser, train_all
 from models.tasks import make_data
 from models.train import predict
 
@@ -404,15 +403,7 @@ def write_results(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.signature_study", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--preset", required=True, type=Path)
-    parser.add_argument("--runs", type=Path, help="run directories (default runs/<name>)")
-    parser.add_argument("--results", type=Path, help="results folder (default results/<name>)")
-    parser.add_argument("--workers", type=int, help="parallel runs (overrides study.workers)")
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args(argv)
+    args = study_parser("python -m models.signature_study", __doc__).parse_args(argv)
     try:
         study = load_study(args.preset)
     except ConfigError as exc:

@@ -124,6 +124,18 @@ def _run_one(run: Run) -> tuple[str, float]:
     return run.out.name, time.perf_counter() - started
 
 
+def study_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line every study shares (``models.signature_study``,
+    ``models.digits_study``): a preset, where runs and results go, workers, report only."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--preset", required=True, type=Path)
+    parser.add_argument("--runs", type=Path, help="run directories (default runs/<name>)")
+    parser.add_argument("--results", type=Path, help="results folder (default results/<name>)")
+    parser.add_argument("--workers", type=int, help="parallel runs (overrides study.workers)")
+    parser.add_argument("--report-only", action="store_true")
+    return parser
+
+
 def train_all(runs: Sequence[Run], workers: int, title: str) -> None:
     """Train every run not yet finished (``metrics.json`` missing), ``workers`` at a time."""
     todo = [r for r in runs if not (r.out / "metrics.json").exists()]
