@@ -60,6 +60,9 @@ class PoolingModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # The checks read values (``nonzero``), which torch.func.vmap cannot: the stacked trainer
+        # (models.stacked) turns them off for data it generated itself.
+        self.check_inputs = True
         dim = config.dim
         self.input_proj: nn.Module = (
             nn.Linear(config.input_dim, dim) if config.input_projection else nn.Identity()
@@ -109,7 +112,7 @@ class PoolingModel(nn.Module):
         Raises:
             InputError: a row has no real token, or the AdaPool query token is padding.
         """
-        if not torch.compiler.is_compiling():
+        if self.check_inputs and not torch.compiler.is_compiling():
             self._check_inputs(x, attention_mask)
         # Zero the padding so that no value there (huge, inf, NaN) can leak through 0 * x.
         x = x.masked_fill(~attention_mask.unsqueeze(-1), 0.0)

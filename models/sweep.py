@@ -1,11 +1,12 @@
 """The reproduction sweep: five pooling methods x k x seeds on kNN-Centroid, resumable.
 
     python -m models.sweep --preset configs/sweep/cpu.toml
+    python -m models.sweep --preset configs/sweep/gpu10.toml --stack 8   # 8 models per pass
 
-A preset TOML holds a ``[sweep]`` table (methods, ks, seeds, workers) and a ``[base]`` run config
-(``[base.model]``, ``[base.data]``, ``[base.train]``). Every (method, k, seed) becomes one run
-directory under ``runs/sweep-<name>/``; a run with ``metrics.json`` is skipped, a run with a saved
-state resumes. When all runs are done, :mod:`models.report` writes the results folder.
+A preset TOML holds a ``[sweep]`` table (methods, ks, seeds, workers, stack) and a ``[base]``
+run config (``[base.model]``, ``[base.data]``, ``[base.train]``). Every (method, k, seed) becomes
+one run directory under ``runs/sweep-<name>/``; a run with ``metrics.json`` is skipped, a run
+with a saved state resumes. When all runs are done, :mod:`models.report` writes the results folder.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from models.config import (
     load_toml,
     require,
 )
+from models.stacked import train_stacked
 from models.train import train
 
 # The five methods of the paper's comparison, by the names used in results.
@@ -56,6 +58,11 @@ class SweepConfig:
         seeds: each seed s trains with ``train.seed = s`` on data seeded ``data.seed + s``.
         workers: runs trained in parallel (processes).
         threads_per_worker: torch threads in each worker.
+        stack: 0 trains each run on its own; S > 0 trains up to S runs of one method at once,
+            their weights stacked (:mod:`models.stacked`), one group per worker. Meant for a
+            GPU, where one pass replaces S small ones (not yet measured there); on this
+            project's 2-core CPU a stack of 8 ran 0.66-0.80x the model-steps/s of one run per
+            process (``python -m bench.stacked``), so the CPU presets leave it at 0.
     """
 
     name: str = "cpu"
@@ -64,6 +71,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     workers: int = 1
     threads_per_worker: int = 0
+    stack: int = 0
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -72,6 +80,7 @@ class SweepConfig:
         require(len(self.seeds) > 0 and min(self.seeds) >= 0, "sweep.seeds must be >= 0")
         require(self.workers >= 1, "sweep.workers must be >= 1")
         require(self.threads_per_worker >= 0, "sweep.threads_per_worker must be >= 0")
+        require(self.stack >= 0, "sweep.stack must be >= 0")
         require(self.name.replace("-", "").replace("_", "").isalnum(), "sweep.name: letters")
 
 
@@ -124,6 +133,25 @@ def _run_one(run: Run) -> tuple[str, float]:
     return run.out.name, time.perf_counter() - started
 
 
+def _run_group(runs: Sequence[Run]) -> tuple[str, float]:
+    """Train runs of one method as one stack; returns their names and the seconds taken."""
+    started = time.perf_counter()
+    train_stacked([r.config for r in runs], [r.out for r in runs], progress=False)
+    return " ".join(r.out.name for r in runs), time.perf_counter() - started
+
+
+def stack_groups(runs: Sequence[Run], size: int) -> list[list[Run]]:
+    """The runs in groups of at most ``size`` that share a method, in the runs' order."""
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    return [
+        group[start : start + size]
+        for group in by_method.values()
+        for start in range(0, len(group), size)
+    ]
+
+
 def study_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """The command line every study shares (``models.signature_study``,
     ``models.digits_study``): a preset, where runs and results go, workers, report only."""
@@ -136,27 +164,35 @@ def study_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def train_all(runs: Sequence[Run], workers: int, title: str) -> None:
-    """Train every run not yet finished (``metrics.json`` missing), ``workers`` at a time."""
+def train_all(runs: Sequence[Run], workers: int, title: str, stack: int = 0) -> None:
+    """Train every run not yet finished (``metrics.json`` missing), ``workers`` at a time;
+    with ``stack`` > 0, in stacks of up to that many runs of one method (:func:`stack_groups`).
+    A stack interrupted part-way trains again from its first epoch."""
     todo = [r for r in runs if not (r.out / "metrics.json").exists()]
     print(f"{title}: {len(runs)} runs, {len(runs) - len(todo)} done", flush=True)
     started = time.perf_counter()
+    jobs: list[Any] = stack_groups(todo, stack) if stack else todo
+    train_job: Any = _run_group if stack else _run_one
     if workers == 1:
-        results = map(_run_one, todo)
+        results = map(train_job, jobs)
         for i, (name, seconds) in enumerate(results, 1):
-            print(f"[{i}/{len(todo)}] {name} {seconds:.0f}s", flush=True)
+            print(f"[{i}/{len(jobs)}] {name} {seconds:.0f}s", flush=True)
     else:
         # Fresh interpreters: no torch thread pools or state shared with the parent.
         with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-            for i, (name, seconds) in enumerate(pool.imap_unordered(_run_one, todo), 1):
-                print(f"[{i}/{len(todo)}] {name} {seconds:.0f}s", flush=True)
+            for i, (name, seconds) in enumerate(pool.imap_unordered(train_job, jobs), 1):
+                print(f"[{i}/{len(jobs)}] {name} {seconds:.0f}s", flush=True)
     print(f"trained {len(todo)} runs in {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def run_sweep(preset: Preset, runs_root: Path, workers: int | None = None) -> list[Run]:
-    """Train every run not yet finished, ``workers`` at a time. Returns all runs."""
+def run_sweep(
+    preset: Preset, runs_root: Path, workers: int | None = None, stack: int | None = None
+) -> list[Run]:
+    """Train every run not yet finished, ``workers`` at a time (``stack``: see
+    :class:`SweepConfig`; None takes the preset's). Returns all runs."""
     runs = expand(preset, runs_root)
-    train_all(runs, workers or preset.sweep.workers, f"sweep {preset.sweep.name}")
+    stack = preset.sweep.stack if stack is None else stack
+    train_all(runs, workers or preset.sweep.workers, f"sweep {preset.sweep.name}", stack)
     return runs
 
 
@@ -168,6 +204,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=Path, help="run directories (default runs/sweep-<name>)")
     parser.add_argument("--results", type=Path, help="results folder (default results/<name>)")
     parser.add_argument("--workers", type=int, help="parallel runs (overrides sweep.workers)")
+    parser.add_argument(
+        "--stack",
+        type=int,
+        help="train up to this many runs of one method at once, weights stacked "
+        "(models.stacked; overrides sweep.stack; 0 = one at a time)",
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="only rewrite the results from finished runs"
     )
@@ -187,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         runs = expand(preset, runs_root)
     else:
-        runs = run_sweep(preset, runs_root, args.workers)
+        runs = run_sweep(preset, runs_root, args.workers, args.stack)
     missing = [r.out.name for r in runs if not (r.out / "metrics.json").exists()]
     if missing:
         print(f"error: unfinished runs: {', '.join(missing)}", file=sys.stderr)

@@ -132,13 +132,7 @@ def train(
         torch.set_num_threads(config.train.threads)
     config, splits = load_data(config)
     goal = objective(config.data.task)
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model).to(config.train.device)
-    if config.model.head.task == "regression":
-        # Start the head at the training mean, so the loss starts at the targets' variance.
-        with torch.no_grad():
-            head: torch.nn.Linear = model.head  # type: ignore[assignment]
-            head.bias.copy_(torch.from_numpy(targets_of(splits["train"]).mean(axis=0)))
+    model = initial_model(config, splits)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "history": []}
 
@@ -182,6 +176,29 @@ def train(
             flush=True,
         )
 
+    return finish(out, config, splits, goal, state)
+
+
+def initial_model(config: RunConfig, splits: dict[str, Split]) -> PoolingModel:
+    """The untrained model of a run: initialised from ``train.seed`` (so the stacked trainer,
+    :mod:`models.stacked`, starts each of its models exactly as a run of its own would)."""
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model).to(config.train.device)
+    if config.model.head.task == "regression":
+        # Start the head at the training mean, so the loss starts at the targets' variance.
+        with torch.no_grad():
+            head: torch.nn.Linear = model.head  # type: ignore[assignment]
+            head.bias.copy_(torch.from_numpy(targets_of(splits["train"]).mean(axis=0)))
+    return model
+
+
+def finish(
+    out: Path, config: RunConfig, splits: dict[str, Split], goal: Objective, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Score the best checkpoint in ``out`` on the test split; write and return metrics.json.
+
+    ``state`` is the loop's record: ``initial_val_loss``, ``best_val``, ``best_epoch``,
+    ``epoch`` and ``history`` (one record per epoch, with ``seconds``)."""
     best_model, _ = checkpoint.load_model(out)
     best_model.to(config.train.device)
     metrics = goal.test_metrics(best_model, splits, config)
@@ -194,6 +211,8 @@ def train(
         train_seconds=sum(h["seconds"] for h in state["history"]),
         train_cpu_seconds=sum(h.get("cpu_seconds", 0.0) for h in state["history"]),
     )
+    if "stacked" in state:  # trained by models.stacked, in a stack of this many models
+        metrics["stacked"] = state["stacked"]
     checkpoint.write_json(out / "metrics.json", metrics)
     return metrics
 
