@@ -161,6 +161,17 @@ def device_resident(
     return run, fetch
 
 
+def cell_input(batch: int, tokens: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A cell's input, the same for every variant and precision: embeddings (B, N, D) float32
+    and attention_mask (B, N) bool, its last row half padding (the mask must reach the
+    kernels)."""
+    rng = np.random.default_rng(batch * 100_003 + tokens)
+    x = rng.normal(size=(batch, tokens, dim)).astype(np.float32)
+    mask = np.ones((batch, tokens), dtype=bool)
+    mask[-1, tokens // 2 :] = False
+    return x, mask
+
+
 def bench_cell(
     ort: Any,
     ways: dict[str, Any],
@@ -175,10 +186,7 @@ def bench_cell(
     items/s and the largest difference from the reference (the CPU's; ``raw-cuda-run``'s when
     the CPU is left out, which it is above ``cpu_tokens_max`` items x tokens)."""
     dim = int(ways["raw-cuda-device"][1].get_inputs()[0].shape[2])
-    rng = np.random.default_rng(batch * 100_003 + tokens)
-    x = rng.normal(size=(batch, tokens, dim)).astype(np.float32)
-    mask = np.ones((batch, tokens), dtype=bool)
-    mask[-1, tokens // 2 :] = False  # one padded row: the mask must reach the kernels
+    x, mask = cell_input(batch, tokens, dim)
     chosen = dict(ways)
     if cpu_tokens_max is not None and batch * tokens > cpu_tokens_max:
         del chosen["cpu"]
