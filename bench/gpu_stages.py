@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -383,6 +382,7 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
     """``python -m models.sweep`` (``--stacked`` where it has it) until done or ``deadline``,
     then the results folder of every k whose runs all finished, ``sweep.md`` and
     ``sweep.tar.gz`` in ``context.out``."""
+    from bench.process import stop
     from models import report
     from models.sweep import expand, load_preset
 
@@ -405,12 +405,7 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
             time.sleep(0.2)
         stopped = process.poll() is None
         if stopped:  # the runs in flight keep their saved state; a rerun resumes them
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
     runs = expand(preset, runs_root)
     done = [r for r in runs if (r.out / "metrics.json").exists()]
     complete_ks = [
