@@ -56,9 +56,12 @@ uvicorn, httptools, orjson carried, about 5 MB, and hey's .deb), while the ``tor
 1. Here: ``python -m bench.gpu_all prepare`` (writes ``runs/gpu/``: the default and the wide
    model, fp32 and fp16, about 3 MB).
 2. ``run`` with command ``bash bench/gpu_run.sh``, ``timeout_s`` 480, carry ``["runs/gpu"]``:
-   a 420 s budget, so that with the machine's start (a minute or two) one full rerun still
-   fits the session's 15 minutes (``BUDGET=300 bash bench/gpu_run.sh`` for a shorter one; on
-   a machine still warm, the rerun's sweep resumes where the first stopped).
+   a 420 s budget. With the machine's start (a minute or two) and the transfers that spends
+   about 10 of the session's 15 minutes, leaving room for one rerun at once, on the machine
+   still warm, of the stages that failed: ``BUDGET=200 STAGES=torch,sweep bash
+   bench/gpu_run.sh`` with ``timeout_s`` 260 (``--stages``; the sweep resumes where it stopped).
+   A stage that breaks does not end the call early (the others run and the sweep fills the
+   budget), so read ``gpu.md``'s stage table before deciding on a rerun.
 3. Copy the returned files (``files_at``) into ``results/gpu/``; then ``give_back``.
 """
 
@@ -106,6 +109,7 @@ STAGES = (
     Stage("service", 0.12, service_load),
     Stage("sweep", 1.0, sweep),
 )
+NAMES = [s.name for s in STAGES]
 
 
 def stage_deadline(budget: float, started: float, now: float, stage: Stage, last: bool) -> float:
@@ -115,15 +119,21 @@ def stage_deadline(budget: float, started: float, now: float, stage: Stage, last
     return end if last else min(end, now + stage.share * budget)
 
 
-def run_stages(context: Context, budget: float, results: dict[str, Any]) -> None:
-    """Every stage in turn, each recorded in ``results["stages"]`` and written out after it."""
+def run_stages(
+    context: Context, budget: float, results: dict[str, Any], only: list[str] | None = None
+) -> None:
+    """Every stage in turn (or those in ``only``), each recorded in ``results["stages"]`` and
+    written out after it."""
     started = time.monotonic()
-    for i, stage in enumerate(STAGES):
+    chosen = [s for s in STAGES if only is None or s.name in only]
+    for stage in STAGES:
         now = time.monotonic()
-        deadline = stage_deadline(budget, started, now, stage, i == len(STAGES) - 1)
+        deadline = stage_deadline(budget, started, now, stage, stage == chosen[-1])
         record: dict[str, Any] = {"share_seconds": round(deadline - now, 1)}
         print(f"== {stage.name}: {deadline - now:.0f} s", flush=True)
         try:
+            if stage not in chosen:
+                raise Skip(f"not chosen (--stages {','.join(s.name for s in chosen)})")
             record["result"] = stage.run(context, deadline)
             record["status"] = "ran"
         except Skip as exc:
@@ -179,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--prepared", type=Path, default=PREPARED, help="prepare's folder")
     run.add_argument("--preset", type=Path, help="sweep preset (gpu10; tiny with a dry run)")
     run.add_argument("--dry-run-cpu", action="store_true", help="tiny sizes on the CPU")
+    run.add_argument(
+        "--stages", help=f"comma-separated, for a rerun (default all: {','.join(NAMES)})"
+    )
     args = parser.parse_args(argv)
     if args.command == "prepare":
         return prepare(args.folder)
+    only = args.stages.split(",") if args.stages else None
+    if only is not None and (unknown := set(only) - set(NAMES)):
+        parser.error(f"--stages: unknown {sorted(unknown)}; known: {', '.join(NAMES)}")
     preset = args.preset or ROOT / "configs" / "sweep" / (
         "tiny.toml" if args.dry_run_cpu else "gpu10.toml"
     )
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.dry_run_cpu:
         results["dry_run_cpu"] = DRY_RUN_NOTE
-    run_stages(context, args.budget, results)
+    run_stages(context, args.budget, results, only)
     print((args.out / "gpu.md").read_text(), flush=True)
     return 0
 

@@ -388,6 +388,11 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
 
     preset = load_preset(context.preset)
     name = preset.sweep.name
+    if preset.base.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Skip(f"{context.preset.name} trains on cuda: torch sees no GPU")
     runs_root = context.work / f"sweep-{name}"
     results = context.work / f"results-{name}"
     command = [sys.executable, "-m", "models.sweep", "--preset", str(context.preset)]

@@ -121,3 +121,35 @@ def test_stage_deadlines_share_the_budget() -> None:
     assert gpu_all.stage_deadline(100, 0, 10, first, last=False) == 10 + 100 * first.share
     assert gpu_all.stage_deadline(100, 0, 90, first, last=False) == 97  # the reserve kept
     assert gpu_all.stage_deadline(100, 0, 20, last, last=True) == 97
+
+
+def test_without_a_gpu_each_gpu_stage_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    args = ["run", str(tmp_path / "out"), "--budget", "20", "--work", str(tmp_path / "work")]
+    assert gpu_all.main(args) == 0
+    results = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    stages = results["stages"]
+    if stages["environment"]["result"]["torch_sees_gpu"]:
+        pytest.skip("a GPU is here: nothing to skip")
+    assert stages["environment"]["status"] == "ran"
+    assert "has no CUDA provider" in stages["onnxruntime"]["reason"]
+    assert "sees no GPU" in stages["torch"]["reason"]
+    assert "CUDA" in stages["service"]["reason"] or "cannot import" in stages["service"]["reason"]
+    assert "sees no GPU" in stages["sweep"]["reason"]
+    md = (tmp_path / "out" / "gpu.md").read_text()
+    assert "not GPU figures" not in md and "| torch | skipped |" in md
+
+
+def test_a_rerun_can_choose_its_stages(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["run", str(out), "--dry-run-cpu", "--budget", "10", "--stages", "environment"]
+    assert gpu_all.main([*args, "--work", str(tmp_path / "work")]) == 0
+    stages = json.loads((out / "gpu.json").read_text())["stages"]
+    assert stages["environment"]["status"] == "ran"
+    assert stages["environment"]["share_seconds"] > 9  # the last chosen stage gets the rest
+    assert all(
+        s["status"] == "skipped" and "not chosen" in s["reason"]
+        for name, s in stages.items()
+        if name != "environment"
+    )
+    with pytest.raises(SystemExit):
+        gpu_all.main([*args[:-1], "environment,typo"])
