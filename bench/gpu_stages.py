@@ -172,7 +172,10 @@ def environment(context: Context, deadline: float) -> dict[str, Any]:
     out["onnxruntime"] = ort.__version__
     out["onnxruntime_available"] = ort.get_available_providers()
     if hasattr(ort, "preload_dlls") and CUDA in out["onnxruntime_available"]:
-        ort.preload_dlls()  # the CUDA libraries of PyTorch's nvidia-* wheels
+        try:
+            ort.preload_dlls()  # the CUDA libraries of PyTorch's nvidia-* wheels
+        except Exception as exc:  # recorded: the sessions below say whether CUDA runs anyway
+            out["preload_dlls_failed"] = f"{type(exc).__name__}: {exc}"
     model = ROOT / "model_repository" / DEFAULT_MODEL / "1" / "model.onnx"
     sessions: dict[str, Any] = {}
     for provider, asked in ((TENSORRT, [TENSORRT, CUDA, CPU]), (CUDA, [CUDA, CPU]), (CPU, [CPU])):
@@ -182,7 +185,11 @@ def environment(context: Context, deadline: float) -> dict[str, Any]:
                 f"{', '.join(out['onnxruntime_available'])})"
             }
             continue
-        session = ort.InferenceSession(str(model), providers=asked)
+        try:
+            session = ort.InferenceSession(str(model), providers=asked)
+        except Exception as exc:  # a provider whose libraries do not load: say which, go on
+            sessions[provider] = {"skipped": f"session failed: {type(exc).__name__}: {exc}"}
+            continue
         used = session.get_providers()
         sessions[provider] = {"asked": asked, "in_use": used, "runs_on": used[0]}
     out["sessions"] = sessions
@@ -290,9 +297,13 @@ def torch_grid(context: Context, deadline: float) -> dict[str, Any]:
             row["fp16_max_abs_diff"] = float((pooled["fp16"] - pooled["fp32"]).abs().max())
         except torch.OutOfMemoryError as exc:
             row["out_of_memory"] = str(exc).splitlines()[0]
+            torch.cuda.empty_cache()
         out["cells"].append(row)
         print(f"torch {key}: {row}", flush=True)
     out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if device == "cuda":  # the sweep's process comes next, on the same GPU
+        del loaded
+        torch.cuda.empty_cache()
     return out
 
 
@@ -435,9 +446,12 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
     if table:
         provenance = {"command": out["command"], "preset": str(context.preset)}
         provenance["started"] = time.time() - out["seconds"]
-        report.write_results(
-            [(r.method, r.k, r.seed, r.out) for r in table], preset.base, results, provenance
-        )
+        try:
+            report.write_results(
+                [(r.method, r.k, r.seed, r.out) for r in table], preset.base, results, provenance
+            )
+        except Exception as exc:  # recorded; sweep.md and the tarball still keep every run
+            out["report_failed"] = f"{type(exc).__name__}: {exc}"
     (context.out / "sweep.md").write_text(sweep_markdown(out, results, done, complete_ks))
     with tarfile.open(context.out / "sweep.tar.gz", "w:gz") as tar:
         if results.exists():
@@ -459,6 +473,8 @@ def sweep_markdown(out: dict[str, Any], results: Path, done: list[Any], ks: list
         lines.append(out["stacked_note"] + ".")
     if not ks:
         lines.append("No k has all its runs finished: no signal-loss table.")
+    if "report_failed" in out:
+        lines.append(f"models.report failed: {out['report_failed']}.")
     lines.append("")
     if (results / "summary.md").exists():
         lines.append(f"Signal-loss table of the ks whose runs all finished ({ks}):")
