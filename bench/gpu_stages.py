@@ -406,8 +406,8 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
             raise Skip(f"{context.preset.name} trains on cuda: torch sees no GPU")
     runs_root = context.work / f"sweep-{name}"
     results = context.work / f"results-{name}"
-    command = [sys.executable, "-m", "models.sweep", "--preset", str(context.preset)]
-    command += ["--runs", str(runs_root), "--results", str(results)]
+    command = [sys.executable, "-m", "models.sweep", "--preset", shown(context.preset)]
+    command += ["--runs", shown(runs_root), "--results", shown(results)]
     helps = subprocess.run([*command[:3], "--help"], capture_output=True, text=True, cwd=ROOT)
     stacked = "--stacked" in helps.stdout
     if stacked:
@@ -430,7 +430,7 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
         if all((r.out / "metrics.json").exists() for r in runs if r.k == k)
     ]
     out: dict[str, Any] = {
-        "preset": str(context.preset),
+        "preset": shown(context.preset),
         "stacked": stacked,
         "stacked_note": None if stacked else "models.sweep has no --stacked here: plain sweep",
         "command": " ".join(command),
@@ -444,7 +444,7 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
     }
     table = [r for r in done if r.k in complete_ks]
     if table:
-        provenance = {"command": out["command"], "preset": str(context.preset)}
+        provenance = {"command": out["command"], "preset": out["preset"]}
         provenance["started"] = time.time() - out["seconds"]
         try:
             report.write_results(
@@ -460,6 +460,11 @@ def sweep(context: Context, deadline: float) -> dict[str, Any]:
             tar.add(r.out / "metrics.json", arcname=f"runs-{name}/{r.out.name}/metrics.json")
         tar.add(log, arcname=log.name)
     return out
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository where it is inside it (the sweep runs there)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def sweep_markdown(out: dict[str, Any], results: Path, done: list[Any], ks: list[int]) -> str:

@@ -50,6 +50,7 @@ def test_dry_run_writes_every_stage_within_the_device_limits(
     assert "not GPU figures" in results["dry_run_cpu"] and "not GPU figures" in md
 
 
+@pytest.mark.slow
 def test_dry_run_records_the_providers_really_in_use(
     dry_run: tuple[Path, dict[str, Any], float],
 ) -> None:
@@ -67,6 +68,7 @@ def test_dry_run_records_the_providers_really_in_use(
     assert service["providers_in_use"] == {f"{DEFAULT_MODEL}/1": ["CPUExecutionProvider"]}
 
 
+@pytest.mark.slow
 def test_dry_run_times_fp32_and_fp16_over_the_grid(
     dry_run: tuple[Path, dict[str, Any], float],
 ) -> None:
@@ -87,6 +89,7 @@ def test_dry_run_times_fp32_and_fp16_over_the_grid(
         assert 0 < cell["fp16_max_abs_diff"] < 0.05
 
 
+@pytest.mark.slow
 def test_dry_run_sweep_writes_its_table_and_tarball(
     dry_run: tuple[Path, dict[str, Any], float],
 ) -> None:
@@ -104,6 +107,7 @@ def test_dry_run_sweep_writes_its_table_and_tarball(
         assert "Test signal loss" in md and any(n.endswith("summary.md") for n in names)
 
 
+@pytest.mark.slow
 def test_sweep_is_stopped_at_its_deadline_and_keeps_what_finished(tmp_path: Path) -> None:
     context = Context(tmp_path / "out", tmp_path / "work", tmp_path / "none", TINY, True)
     context.out.mkdir()
@@ -123,6 +127,7 @@ def test_stage_deadlines_share_the_budget() -> None:
     assert gpu_all.stage_deadline(100, 0, 20, last, last=True) == 97
 
 
+@pytest.mark.slow
 def test_without_a_gpu_each_gpu_stage_is_skipped_with_its_reason(tmp_path: Path) -> None:
     args = ["run", str(tmp_path / "out"), "--budget", "20", "--work", str(tmp_path / "work")]
     assert gpu_all.main(args) == 0
