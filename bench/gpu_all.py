@@ -33,28 +33,29 @@ Writes into OUT (the device's ``$OUT``; at most 8 files come back, no folders ar
 ``--dry-run-cpu`` runs every stage's code on the CPU with tiny sizes and the tiny sweep preset
 (a few seconds each, a test does): its figures are marked as not GPU figures.
 
-**What the lent machine lacks** (device README, KINDS.md: one H200, torch 2.11.0+cu130,
-Python 3.12, onnxruntime 1.30.0, no fastapi, uvicorn or pydantic, no hey, 64 MiB carried a
-call). Its onnxruntime is expected to be the CPU build; the environment stage records what it
-is. onnxruntime-gpu cannot travel: measured here on 2026-12-02 (``pip download --no-deps
---only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
+**What the lent machine lacks** (device README, KINDS.md: one H200, torch 2.11.0+cu130, Python
+3.12, onnxruntime 1.30.0, no fastapi, uvicorn or pydantic, no hey, 64 MiB carried a call). Its
+package list names onnxruntime, not onnxruntime-gpu: the CPU build, expected (the environment
+stage records what it has). onnxruntime-gpu cannot travel: measured here on 2026-12-02 (``pip
+download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
 onnxruntime-gpu==1.31.1``, the version constraints.txt pins), its wheel is 255.6 MB, four times
 the 64 MiB carry limit; its CUDA provider library alone is 284 MB unpacked and 187 MB after
 ``zstd -15 --long=28``, so no packing makes one call carry it (it is built for CUDA 13:
 libcublas.so.13, libcudart.so.13, which the machine's torch wheels provide). Splitting it over
 several calls to a machine kept warm is untried (each call re-sends the tree and counts device
 time; the machine goes back after 30 s idle). So without a GPU build of onnxruntime on the
-machine the ``onnxruntime`` stage is skipped (reason recorded), and so is the ``service``
-stage (``--device cuda`` requires CUDA; it would also need the wheels of fastapi, starlette,
-pydantic, pydantic-core, pydantic-settings, typing-inspection, annotated-types, python-dotenv,
-uvicorn, httptools, orjson carried, about 5 MB, and hey's .deb), while the ``torch`` and
-``sweep`` stages run on the GPU. export.precision's onnxconverter-common is not there either:
-``prepare`` makes the fp16 graphs here.
+machine the ``onnxruntime`` stage is skipped (reason recorded), and so is the ``service`` stage
+(``--device cuda`` requires CUDA; it would also need 12 wheels carried, 3.9 MB at the versions
+constraints.txt pins: fastapi, starlette, pydantic, pydantic-core, pydantic-settings,
+typing-inspection, annotated-types, python-dotenv, annotated-doc, uvicorn, httptools, orjson;
+and hey's .deb, 2.1 MB), while the ``torch`` and ``sweep`` stages run on the GPU.
+export.precision's onnxconverter-common is not there either: ``prepare`` makes the fp16 graphs
+here.
 
 **The call, for a session that is lent a GPU** (``status``: can_start_another true):
 
 1. Here: ``python -m bench.gpu_all prepare`` (writes ``runs/gpu/``: the default and the wide
-   model, fp32 and fp16, about 3 MB).
+   model, fp32 and fp16, with their checkpoints: 4.4 MiB).
 2. ``run`` with command ``bash bench/gpu_run.sh``, ``timeout_s`` 480, carry ``["runs/gpu"]``:
    a 420 s budget. With the machine's start (a minute or two) and the transfers that spends
    about 10 of the session's 15 minutes, leaving room for one rerun at once, on the machine

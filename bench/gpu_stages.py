@@ -31,19 +31,20 @@ from bench.gpu import CPU, CUDA, DEFAULT_MODEL, ROOT, WIDE_MODEL, Skip
 
 TENSORRT = "TensorrtExecutionProvider"
 PREPARED = ROOT / "runs" / "gpu"  # python -m bench.gpu_all prepare writes it; carry it
-# What the service imports beyond numpy and onnxruntime, by import name (pip names differ:
-# pydantic_settings is pydantic-settings; pydantic needs pydantic-core, typing-inspection and
-# annotated-types; fastapi needs starlette; uvicorn needs h11 and click).
-SERVICE_MODULES = (
-    "fastapi",
-    "starlette",
-    "pydantic",
-    "pydantic_settings",
-    "uvicorn",
-    "httptools",
-    "orjson",
-    "prometheus_client",
-)
+# What the service imports beyond numpy and onnxruntime: import name -> the wheel that has it.
+# With their dependencies not on the lent machine (pydantic-core, typing-inspection,
+# annotated-types, python-dotenv, annotated-doc) that is 12 wheels, 3.9 MB at the versions
+# constraints.txt pins (pip download for cp312 manylinux, 2026-12-02); hey's .deb is 2.1 MB.
+SERVICE_MODULES = {
+    "fastapi": "fastapi",
+    "starlette": "starlette",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
+    "uvicorn": "uvicorn",
+    "httptools": "httptools",
+    "orjson": "orjson",
+    "prometheus_client": "prometheus-client",
+}
 ITEMS = 8  # items per request under load, as in make bench
 LOAD_TOKENS = 128
 
@@ -333,11 +334,11 @@ def service_load(context: Context, deadline: float) -> dict[str, Any]:
     """``python -m service --device cuda`` on the prepared repository, one checked request per
     model, its providers from ``GET /info``, then hey at concurrency 1 and 32 (skipped, with
     the reason, where hey is missing)."""
-    missing = [m for m in SERVICE_MODULES if importlib.util.find_spec(m) is None]
+    missing = [w for m, w in SERVICE_MODULES.items() if importlib.util.find_spec(m) is None]
     if missing:
         raise Skip(
-            f"the service cannot import {', '.join(missing)} here: carry their wheels (and "
-            "their dependencies) as the device README says"
+            f"the service's packages are missing here: {', '.join(missing)}; carry their "
+            "wheels and their dependencies' (.whl, device README; bench.gpu_stages says which)"
         )
     import onnxruntime as ort
 
