@@ -87,13 +87,14 @@ def load_ort(dry_run: bool = False) -> Any:
     return ort
 
 
-def time_runs(run: Any, seconds: float, warmup: int = 5) -> dict[str, float]:
-    """Call ``run()`` back to back for ``seconds``: per-run p50/p99 and the mean."""
+def time_runs(run: Any, seconds: float, warmup: int = 5, min_runs: int = 10) -> dict[str, float]:
+    """Call ``run()`` back to back for ``seconds`` (and ``min_runs`` times at least): per-run
+    p50/p99 and the mean."""
     for _ in range(warmup):
         run()
     times: list[float] = []
     started = time.perf_counter()
-    while time.perf_counter() - started < seconds or len(times) < 10:
+    while time.perf_counter() - started < seconds or len(times) < min_runs:
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
@@ -160,33 +161,68 @@ def device_resident(
     return run, fetch
 
 
+def cell_input(batch: int, tokens: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A cell's input, the same for every variant and precision: embeddings (B, N, D) float32
+    and attention_mask (B, N) bool, its last row half padding (the mask must reach the
+    kernels)."""
+    rng = np.random.default_rng(batch * 100_003 + tokens)
+    x = rng.normal(size=(batch, tokens, dim)).astype(np.float32)
+    mask = np.ones((batch, tokens), dtype=bool)
+    mask[-1, tokens // 2 :] = False
+    return x, mask
+
+
+def bench_cell(
+    ort: Any,
+    ways: dict[str, Any],
+    batch: int,
+    tokens: int,
+    seconds: float,
+    dry_run: bool = False,
+    min_runs: int = 10,
+    cpu_tokens_max: int | None = None,
+) -> dict[str, Any]:
+    """Every variant of ``ways`` (:func:`variants`) on one [batch, tokens, D] input: timings,
+    items/s and the largest difference from the reference (the CPU's; ``raw-cuda-run``'s when
+    the CPU is left out, which it is above ``cpu_tokens_max`` items x tokens)."""
+    dim = int(ways["raw-cuda-device"][1].get_inputs()[0].shape[2])
+    x, mask = cell_input(batch, tokens, dim)
+    chosen = dict(ways)
+    if cpu_tokens_max is not None and batch * tokens > cpu_tokens_max:
+        del chosen["cpu"]
+    reference_name = "cpu" if "cpu" in chosen else "raw-cuda-run"
+    reference = chosen[reference_name][1](x, mask)
+    cells: dict[str, Any] = {"reference": reference_name}
+    for name, (_, run) in chosen.items():
+        if name == "raw-cuda-device":
+            step, fetch = device_resident(ort, run, x, mask, "cpu" if dry_run else "cuda")
+            got = fetch()
+        else:
+            step = partial(run, x, mask)
+            got = step()
+        worst = max(float(np.abs(g - r).max()) for g, r in zip(got, reference, strict=True))
+        timing: dict[str, Any] = time_runs(step, seconds, warmup=2, min_runs=min_runs)
+        timing["items_per_second"] = batch / (timing["ms_mean"] / 1000)
+        timing["max_abs_diff_vs_reference"] = worst
+        timing["matches_reference"] = worst <= 1e-3
+        cells[name] = timing
+    return cells
+
+
 def bench_model(
-    ort: Any, model_file: Path, batches: list[int], seconds: float, dry_run: bool = False
+    ort: Any,
+    model_file: Path,
+    batches: list[int],
+    seconds: float,
+    dry_run: bool = False,
+    tokens: int = TOKENS,
 ) -> dict[str, Any]:
     ways = variants(ort, model_file, dry_run)
     dim = int(ways["raw-cuda-device"][1].get_inputs()[0].shape[2])
-    rng = np.random.default_rng(0)
     out: dict[str, Any] = {"input_dim": dim, "providers": {k: v[0] for k, v in ways.items()}}
     for b in batches:
-        x = rng.normal(size=(b, TOKENS, dim)).astype(np.float32)
-        mask = np.ones((b, TOKENS), dtype=bool)
-        reference = ways["cpu"][1](x, mask)
-        cells: dict[str, Any] = {}
-        for name, (_, run) in ways.items():
-            if name == "raw-cuda-device":
-                step, fetch = device_resident(ort, run, x, mask, "cpu" if dry_run else "cuda")
-                got = fetch()
-            else:
-                step = partial(run, x, mask)
-                got = step()
-            worst = max(float(np.abs(g - r).max()) for g, r in zip(got, reference, strict=True))
-            timing = time_runs(step, seconds)
-            timing["items_per_second"] = b / (timing["ms_mean"] / 1000)
-            timing["max_abs_diff_vs_cpu"] = worst
-            timing["matches_cpu"] = worst <= 1e-3
-            cells[name] = timing
-            print(f"{model_file.parent.parent.name} B={b} {name}: {timing}", flush=True)
-        out[str(b)] = cells
+        out[str(b)] = cells = bench_cell(ort, ways, b, tokens, seconds, dry_run)
+        print(f"{model_file.parent.parent.name} B={b} N={tokens}: {cells}", flush=True)
     return out
 
 
@@ -205,13 +241,15 @@ def markdown(results: dict[str, Any]) -> str:
             if not b.isdigit():
                 continue
             for name, c in cells.items():
+                if name == "reference":
+                    continue
                 cpu = cells["cpu"]["items_per_second"]
                 raw = cells["raw-cuda-run"]["items_per_second"]
                 lines.append(
                     f"| {model} | {b} | {name} | {m['providers'][name]} | {c['ms_p50']:.3f} | "
                     f"{c['ms_p99']:.3f} | {c['items_per_second']:,.0f} | "
                     f"{c['items_per_second'] / cpu:.1f}x | {c['items_per_second'] / raw:.2f}x | "
-                    f"{c['max_abs_diff_vs_cpu']:.1e} |"
+                    f"{c['max_abs_diff_vs_reference']:.1e} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -222,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "runs/bench/model_repository")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell")
     parser.add_argument("--batches", default="1,8,64,256")
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per item")
     parser.add_argument(
         "--dry-run-cpu",
         action="store_true",
@@ -251,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault("missing", []).append(str(path))
                 continue
             results["models"][name] = bench_model(
-                ort, path, batches, args.seconds, args.dry_run_cpu
+                ort, path, batches, args.seconds, args.dry_run_cpu, args.tokens
             )
         if not results["models"]:
             raise Skip(f"no model files: {results.get('missing')}")

@@ -120,6 +120,7 @@ def test_gpu_script_skips_without_cuda_and_dry_runs_on_cpu(tmp_path: Path) -> No
     dry = json.loads((tmp_path / "dry" / "gpu.json").read_text())
     assert list(dry["models"]) == [MODEL] and dry["missing"]  # no wide model in tmp_path
     cells = dry["models"][MODEL]["2"]
+    assert cells.pop("reference") == "cpu"
     assert set(cells) == {"cpu", "service-cuda", "raw-cuda-run", "raw-cuda-device"}
-    assert all(c["matches_cpu"] and c["runs"] >= 10 for c in cells.values())
+    assert all(c["matches_reference"] and c["runs"] >= 10 for c in cells.values())
     assert "not GPU figures" in (tmp_path / "dry" / "gpu.md").read_text()
