@@ -50,8 +50,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import client as client_bench
+from bench import cores as cores_split
 from bench import hey
 from bench.process import ROOT, running_server
+from service.core.backend import OnnxBackend
 from service.settings import Settings
 
 DEFAULT_MODEL = Settings.model_fields["default_model"].default  # the service's default
@@ -61,6 +63,7 @@ FORMATS = ("json", "base64", "npy", "raw")
 TOKENS = 128
 ITEMS = 8
 RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # raw ONNX Runtime's curve; its best is the ceiling
+PINNED_BATCHES = (8, 16, 32, 64)  # the wide model's server with its run size pinned
 
 
 # --- the benchmark repository ------------------------------------------------------------------
@@ -176,26 +179,29 @@ def check_body(url: str, body: Body, items: int) -> None:
 def raw_onnxruntime(
     model_file: Path, x: np.ndarray, seconds: float, repeats: int = 1
 ) -> dict[str, float]:
-    """items/s of an in-process session (the service's options) on batch ``x``, back to back;
-    ``repeats`` timed loops of ``seconds``, the median kept."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-    feeds = {"embeddings": x, "attention_mask": np.ones(x.shape[:2], dtype=bool)}
+    """items/s of an in-process session with the service's default options (its own
+    ``OnnxBackend``: all cores, idle threads not spinning, the shared arena) on batch ``x``, back
+    to back; ``repeats`` timed loops of ``seconds``, the median kept. ``cores``: the process's
+    CPU seconds per wall second meanwhile, and ``cpu_ms_per_item`` the CPU an item costs."""
+    backend = OnnxBackend(model_file, "cpu")
+    mask = np.ones(x.shape[:2], dtype=bool)
     for _ in range(3):
-        session.run(None, feeds)
-    per_run = []
+        backend.run(x, mask)
+    measured = []
     for _ in range(repeats):
-        runs, started = 0, time.perf_counter()
+        runs, started, cpu = 0, time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - started) < seconds:
-            session.run(None, feeds)
+            backend.run(x, mask)
             runs += 1
-        per_run.append(elapsed / runs)
-    seconds_per_run = float(np.median(per_run))
+        measured.append((elapsed / runs, (time.process_time() - cpu) / elapsed))
+    measured.sort()
+    seconds_per_run, cores_used = measured[len(measured) // 2]
     return {
         "batch": float(x.shape[0]),
         "ms_per_run": 1000 * seconds_per_run,
         "items_per_second": x.shape[0] / seconds_per_run,
+        "cores": cores_used,
+        "cpu_ms_per_item": 1000 * seconds_per_run * cores_used / x.shape[0],
     }
 
 
@@ -230,11 +236,13 @@ def load(
     seconds: float,
     warmup: float,
     repeats: int = 1,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     """Warm up, then measure one cell ``repeats`` times and keep the run of median throughput.
 
     Adds what the server's own metrics say about the kept run: its mean items per model run and
-    mean seconds per request in each stage (decode, queue, inference, diagnostics, encode).
+    mean seconds per request in each stage (decode, queue, inference, diagnostics, encode); and,
+    given the server's ``pid``, where the cores went meanwhile (``bench.cores``).
     """
     endpoint = f"{url}/models/{model}/pool"
     check_body(endpoint, body, items)
@@ -243,11 +251,17 @@ def load(
     runs = []
     for _ in range(repeats):
         before = server_stats(url, model)
-        result = hey.run(endpoint, body.path, body.content_type, body.headers, concurrency, seconds)
+
+        def generate() -> hey.LoadResult:
+            return hey.run(
+                endpoint, body.path, body.content_type, body.headers, concurrency, seconds
+            )
+
+        result, split = cores_split.split(pid, generate) if pid else (generate(), None)
         after = server_stats(url, model)
-        runs.append((result, {k: v - before.get(k, 0.0) for k, v in after.items()}))
+        runs.append((result, {k: v - before.get(k, 0.0) for k, v in after.items()}, split))
     runs.sort(key=lambda run: run[0].requests_per_second)
-    result, delta = runs[len(runs) // 2]
+    result, delta, split = runs[len(runs) // 2]
 
     def mean(name: str) -> float:
         count = delta.get(f"{name}_count", 0.0)
@@ -264,7 +278,8 @@ def load(
         "body_bytes": body.path.stat().st_size,
         "mean_batch_items": mean("batch"),
         "stage_ms": {stage: 1000 * mean(stage) for stage in STAGES},
-        "repeats_requests_per_second": [round(r.requests_per_second, 1) for r, _ in runs],
+        "repeats_requests_per_second": [round(r.requests_per_second, 1) for r, _, _ in runs],
+        "cores": split,
     }
 
 
@@ -333,6 +348,35 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{on['items_per_second']:,.0f} vs {off['items_per_second']:,.0f} items/s; runs "
                 f"of {on['mean_batch_items']:.1f} vs {off['mean_batch_items']:.1f} items",
             )
+    for model, sizes in results.get("pinned", {}).items():
+        served = results["serve"].get(model, {}).get("npy", {}).get("32")
+        if not served:
+            continue
+        medians = {size: median_cell(rounds) for size, rounds in sizes.items()}
+        size, top = max(medians.items(), key=lambda kv: kv[1]["items_per_second"])
+        add(
+            f"the measured policy within 5% of the best pinned run size, .npy [{ITEMS}] c=32 "
+            f"({model})",
+            served["items_per_second"] / top["items_per_second"],
+            0.95,
+            f"{served['items_per_second']:,.0f} items/s in runs of "
+            f"{served['mean_batch_items']:.1f} vs {top['items_per_second']:,.0f} pinned at {size}",
+        )
+    for model, formats in results["serve"].items():
+        cell = formats.get("npy", {}).get("32")
+        limit = core_bound(results, model, cell) if cell else None
+        if limit is None or model != WIDE_MODEL:
+            continue
+        best = raw_best(results, model)
+        assert best is not None and cell is not None
+        add(
+            f"npy at c=32 >= 0.8x the bound the cores left ({model}), for the record",
+            cell["items_per_second"] / limit,
+            0.8,
+            f"the event loop and hey used {cell['cores']['loop']:.2f} + "
+            f"{cell['cores']['load_generator']:.2f} cores: the bound is "
+            f"{limit / best['items_per_second']:.2f}x raw ONNX Runtime's best",
+        )
     for c in ("1", "32"):
         if c in wide.get("json", {}) and c in wide.get("npy", {}):
             npy, js = wide["npy"][c], wide["json"][c]
@@ -362,6 +406,60 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             bound,
         )
     return out
+
+
+def median_cell(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median items/s."""
+    return sorted(rounds, key=lambda r: r["items_per_second"])[len(rounds) // 2]
+
+
+def raw_best(results: dict[str, Any], model: str) -> dict[str, float] | None:
+    raw = results["raw_onnxruntime"].get(model)
+    return max(raw.values(), key=lambda r: r["items_per_second"]) if raw else None
+
+
+def core_bound(results: dict[str, Any], model: str, cell: dict[str, Any]) -> float | None:
+    """The items/s the model could reach on the cores that the event loop and the load generator
+    left it in ``cell``, at raw ONNX Runtime's CPU per item at its best batch."""
+    best, split = raw_best(results, model), cell.get("cores")
+    if not best or not split or not best.get("cpu_ms_per_item"):
+        return None
+    left = float(results["machine"]["cores"]) - split["loop"] - split["load_generator"]
+    return float(1000 * left / best["cpu_ms_per_item"])
+
+
+def cores_table(results: dict[str, Any]) -> list[str]:
+    """Where the cores went during each model's .npy [8] c=32 cell."""
+    rows = []
+    for model, formats in results["serve"].items():
+        cell = formats.get("npy", {}).get("32")
+        best = raw_best(results, model)
+        bound = core_bound(results, model, cell) if cell else None
+        if not cell or not best or bound is None:
+            continue
+        split = cell["cores"]
+        served_cpu = 1000 * split["model"] / cell["items_per_second"]
+        rows.append(
+            f"| {model} | {cell['items_per_second']:,.0f} | {split['loop']:.2f} | "
+            f"{split['model']:.2f} | {split['load_generator']:.2f} | {split['idle']:.2f} | "
+            f"{served_cpu:.2f} | {best['cpu_ms_per_item']:.2f} (batch {int(best['batch'])}) | "
+            f"{bound:,.0f} | {cell['items_per_second'] / bound:.2f}x | "
+            f"{bound / best['items_per_second']:.2f}x |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Where the {results['machine']['cores']} cores went, [{ITEMS}, {TOKENS}, D] .npy at "
+        "concurrency 32 (the default server; cores = CPU seconds per second, from /proc and "
+        "hey's rusage). *Bound*: the items/s the model could reach on the cores that the event "
+        "loop and hey left, at raw ONNX Runtime's CPU per item at its best batch:",
+        "",
+        "| model | items/s | event loop | model threads | hey | idle | model CPU ms per item "
+        "| raw: CPU ms per item | bound items/s | served / bound | bound / raw best |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -469,6 +567,25 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {model} | {name} | {r['items_per_second']:,.0f} | {r['p50_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} |"
                 )
+    lines += cores_table(results)
+    if "pinned" in results:
+        for model, sizes in results["pinned"].items():
+            lines += [
+                "",
+                f"{model}'s server with its run size pinned (`--preferred-batch-tokens "
+                f"items x {TOKENS}`), [{ITEMS}, {TOKENS}, D] .npy at concurrency 32, the sizes "
+                "in turn, round after round (a fresh server each time):",
+                "",
+                "| run size | items/s, median | rounds | mean run items | p99 ms |",
+                "|---:|---:|---|---:|---:|",
+            ]
+            for size, rounds in sizes.items():
+                kept = median_cell(rounds)
+                each = ", ".join(f"{r['items_per_second']:,.0f}" for r in rounds)
+                lines.append(
+                    f"| {size} | {kept['items_per_second']:,.0f} | {each} | "
+                    f"{kept['mean_batch_items']:.1f} | {kept['p99_ms']:.1f} |"
+                )
     if "client" in results:
         lines += client_bench.markdown(results["client"])
     lines += ["", "Targets:", "", "| target | measured | met | in this run |", "|---|---:|---|---|"]
@@ -492,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument(
         "--quick", action="store_true", help="default model, npy and json only: a smoke run"
+    )
+    parser.add_argument(
+        "--pinned-rounds",
+        type=int,
+        default=2,
+        help="rounds over the wide model's pinned run sizes (0: leave that table out)",
     )
     parser.add_argument(
         "--server-args", default="", help='extra flags for both servers, e.g. "--max-wait-ms 0"'
@@ -530,14 +653,24 @@ def main(argv: list[str] | None = None) -> int:
     ) -> list[dict[str, Any]]:
         """Start a server with ``server_flags`` and measure each (model, format, items, c)."""
         out = []
-        with running_server(repository, [*flags, *server_flags]) as (url, _):
+        with running_server(repository, [*flags, *server_flags]) as (url, process):
             if not server_flags:  # the default server: the batch policy it chose per model
                 with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
                     results["batch_policies"] = orjson.loads(response.read())["batch_policies"]
             for model, fmt, items, c in specs:
                 body = write_body(folder, fmt, batches[model][:items])
                 out.append(
-                    load(url, model, body, items, c, args.seconds, args.warmup, args.repeats)
+                    load(
+                        url,
+                        model,
+                        body,
+                        items,
+                        c,
+                        args.seconds,
+                        args.warmup,
+                        args.repeats,
+                        process.pid,
+                    )
                 )
                 print(f"{' '.join(server_flags)} {model} {fmt} [{items}] c={c}: {out[-1]}")
         return out
@@ -556,6 +689,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = {name: cells(extra, npy8) for name, extra in variants.items()}
         policy_cells = [(m, "npy", ITEMS, 32) for m in models]
         policy_off = cells(["--batch-policy", "off"], policy_cells)
+        # The wide model's server with its run size pinned, each size in turn, round after
+        # round: the curve the server itself sees, which the start-up probe only estimates.
+        pinned: dict[str, list[dict[str, Any]]] = {}
+        if WIDE_MODEL in models:
+            for _ in range(args.pinned_rounds):
+                for size in PINNED_BATCHES:
+                    pin = ["--preferred-batch-tokens", str(size * TOKENS)]
+                    (cell,) = cells(pin, [(WIDE_MODEL, "npy", ITEMS, 32)])
+                    pinned.setdefault(str(size), []).append(cell)
     with running_server(repository, flags) as (url, _):
         results["client"] = client_bench.measure(
             url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup, 32, args.repeats
@@ -582,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         m: {"measured": results["serve"][m]["npy"]["32"], "off": off}
         for m, off in zip(models, policy_off, strict=True)
     }
+    if pinned:
+        results["pinned"] = {WIDE_MODEL: pinned}
     results["targets"] = targets(results)
 
     write_results(args.out, "serve-quick" if args.quick else "serve", results, markdown(results))

@@ -114,3 +114,85 @@ def test_markdown_renders_a_result() -> None:
     text = markdown(results)
     assert "| m | npy | 2 KiB | 32 | 9.0 | 72 | 1.0 | 2.0 | 8.0 | 1 |" in text
     assert "| t | 1.00x | no |" in text
+
+
+def test_the_bound_the_cores_leave_and_the_pinned_run_sizes() -> None:
+    """The cores left by the event loop and hey, at raw ONNX Runtime's CPU per item, bound the
+    server; the pinned run sizes' medians are what the measured policy is held to."""
+    split = {"wall_seconds": 5.0, "loop": 0.3, "model": 1.2, "load_generator": 0.2, "idle": 0.3}
+    served = {"items_per_second": 120.0, "p50_ms": 2.0, "p99_ms": 3.0, "mean_batch_items": 16.0}
+    pinned = {
+        "8": [{"items_per_second": v, "mean_batch_items": 8.0, "p99_ms": 5.0} for v in (90, 100)],
+        "16": [
+            {"items_per_second": v, "mean_batch_items": 16.0, "p99_ms": 4.0}
+            for v in (110, 130, 200)
+        ],
+    }
+    results = {
+        "machine": {"cores": 2},
+        "raw_onnxruntime": {
+            "knn-wide384": {
+                "8": {"batch": 8.0, "items_per_second": 200.0, "cpu_ms_per_item": 10.0},
+                "64": {"batch": 64.0, "items_per_second": 150.0, "cpu_ms_per_item": 13.3},
+            }
+        },
+        "serve": {"knn-wide384": {"npy": {"32": served | {"cores": split}}}},
+        "batching": {},
+        "pinned": {"knn-wide384": pinned},
+    }
+    by_name = {t["target"].split(",")[0].split(" (")[0]: t for t in targets(results)}
+    policy = by_name["the measured policy within 5% of the best pinned run size"]
+    assert policy["ratio"] == pytest.approx(120 / 130) and not policy["met"]  # median of 16
+    assert "130 pinned at 16" in policy["context"]
+    bound = by_name["npy at c=32 >= 0.8x the bound the cores left"]
+    assert bound["ratio"] == pytest.approx(120 / 150) and bound["met"]  # 1.5 cores / 10 ms
+    assert "0.75x raw ONNX Runtime's best" in bound["context"]
+    from bench.serve import cores_table
+
+    (row,) = [line for line in cores_table(results) if line.startswith("| knn-wide384")]
+    assert "| 150 | 0.80x | 0.75x |" in row
+
+
+def test_cores_split_reads_threads_and_the_load_generator() -> None:
+    """bench.cores on this process: work in a second thread counts as the model's, a child
+    process's as the load generator's, and the main thread's as the event loop's."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from bench import cores
+
+    if not cores.threads(os.getpid()):
+        pytest.skip("no /proc here")
+
+    done, release = threading.Event(), threading.Event()
+
+    def spin(n: int) -> None:
+        total = 0
+        for i in range(n):
+            total += i * i
+
+    def work() -> None:  # lives on after its work, as the server's threads do
+        spin(3_000_000)
+        done.set()
+        release.wait()
+
+    worker = threading.Thread(target=work)
+
+    def generate() -> int:
+        worker.start()
+        done.wait()
+        spin(3_000_000)
+        code = "t = 0\nfor i in range(3_000_000): t += i * i"
+        return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+    result, split = cores.split(os.getpid(), generate)
+    release.set()
+    worker.join()
+    assert result == 0 and split is not None
+    wall = split["wall_seconds"]
+    # each part did the same ~0.1-0.3 s of work; each must be seen, none double counted
+    for part in ("loop", "model", "load_generator"):
+        assert 0.05 < split[part] * wall < wall, (part, split)
+    assert split["loop"] + split["model"] + split["load_generator"] <= (os.cpu_count() or 1) + 0.1
