@@ -349,11 +349,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"of {on['mean_batch_items']:.1f} vs {off['mean_batch_items']:.1f} items",
             )
     for model, sizes in results.get("pinned", {}).items():
-        served = results["serve"].get(model, {}).get("npy", {}).get("32")
+        # the default server's median round beside the pinned ones (the grid's cell otherwise)
+        served = results.get("policy", {}).get(model, {}).get("measured")
+        served = served or results["serve"].get(model, {}).get("npy", {}).get("32")
         if not served:
             continue
-        medians = {size: median_cell(rounds) for size, rounds in sizes.items()}
-        size, top = max(medians.items(), key=lambda kv: kv[1]["items_per_second"])
+        size, top = max(sizes.items(), key=lambda kv: kv[1]["items_per_second"])
         add(
             f"the measured policy within 5% of the best pinned run size, .npy [{ITEMS}] c=32 "
             f"({model})",
@@ -426,6 +427,28 @@ def core_bound(results: dict[str, Any], model: str, cell: dict[str, Any]) -> flo
         return None
     left = float(results["machine"]["cores"]) - split["loop"] - split["load_generator"]
     return float(1000 * left / best["cpu_ms_per_item"])
+
+
+def pinned_table(results: dict[str, Any]) -> list[str]:
+    """The wide model's server at each pinned run size."""
+    lines: list[str] = []
+    for model, sizes in results.get("pinned", {}).items():
+        lines += [
+            "",
+            f"{model}'s server with its run size pinned (`--preferred-batch-tokens "
+            f"items x {TOKENS}`), [{ITEMS}, {TOKENS}, D] .npy at concurrency 32, the sizes "
+            "in turn, round after round (a fresh server each time):",
+            "",
+            "| run size | items/s, median | rounds | mean run items | p99 ms |",
+            "|---:|---:|---|---:|---:|",
+        ]
+        for size, kept in sizes.items():
+            each = ", ".join(f"{v:,}" for v in kept.get("rounds", []))
+            lines.append(
+                f"| {size} | {kept['items_per_second']:,.0f} | {each} | "
+                f"{kept['mean_batch_items']:.1f} | {kept['p99_ms']:.1f} |"
+            )
+    return lines
 
 
 def cores_table(results: dict[str, Any]) -> list[str]:
@@ -514,16 +537,23 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Server settings, [{ITEMS}, {TOKENS}, D] .npy requests, each server started in turn:",
+        f"Server settings, [{ITEMS}, {TOKENS}, D] .npy requests, the servers started in turn, "
+        "round after round (the median round's figures; every round's items/s, and the median's "
+        "ratio to the defaults' in the same rounds):",
         "",
-        "| server flags | model, concurrency | requests/s | p50 ms | p99 ms | mean run items |",
-        "|---|---|---:|---:|---:|---:|",
+        "| server flags | model, concurrency | requests/s | p50 ms | p99 ms | mean run items "
+        "| rounds, items/s | vs defaults |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
     ]
+    defaults = results["settings"].get("", {})
     for flags, cells in results["settings"].items():
         for c, r in cells.items():
+            each = ", ".join(f"{v:,}" for v in r.get("rounds", []))
+            base = defaults.get(c, r)["items_per_second"]
             lines.append(
                 f"| {flags or '(defaults)'} | {c} | {r['requests_per_second']:,.1f} | "
-                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} |"
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} | "
+                f"{each} | {r['items_per_second'] / base:.2f}x |"
             )
     lines += [
         "",
@@ -556,36 +586,20 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Batch policy measured (default) against `--batch-policy off`, [{ITEMS}, {TOKENS},"
-            " D] .npy at concurrency 32:",
+            " D] .npy at concurrency 32, the servers started in turn, round after round:",
             "",
-            "| model | policy | items/s | p50 ms | p99 ms | mean run items |",
-            "|---|---|---:|---:|---:|---:|",
+            "| model | policy | items/s | p50 ms | p99 ms | mean run items | rounds, items/s |",
+            "|---|---|---:|---:|---:|---:|---|",
         ]
         for model, variants in results["policy"].items():
             for name, r in variants.items():
+                each = ", ".join(f"{v:,}" for v in r.get("rounds", []))
                 lines.append(
                     f"| {model} | {name} | {r['items_per_second']:,.0f} | {r['p50_ms']:.1f} | "
-                    f"{r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} |"
+                    f"{r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} | {each} |"
                 )
     lines += cores_table(results)
-    if "pinned" in results:
-        for model, sizes in results["pinned"].items():
-            lines += [
-                "",
-                f"{model}'s server with its run size pinned (`--preferred-batch-tokens "
-                f"items x {TOKENS}`), [{ITEMS}, {TOKENS}, D] .npy at concurrency 32, the sizes "
-                "in turn, round after round (a fresh server each time):",
-                "",
-                "| run size | items/s, median | rounds | mean run items | p99 ms |",
-                "|---:|---:|---|---:|---:|",
-            ]
-            for size, rounds in sizes.items():
-                kept = median_cell(rounds)
-                each = ", ".join(f"{r['items_per_second']:,.0f}" for r in rounds)
-                lines.append(
-                    f"| {size} | {kept['items_per_second']:,.0f} | {each} | "
-                    f"{kept['mean_batch_items']:.1f} | {kept['p99_ms']:.1f} |"
-                )
+    lines += pinned_table(results)
     if "client" in results:
         lines += client_bench.markdown(results["client"])
     lines += ["", "Targets:", "", "| target | measured | met | in this run |", "|---|---:|---|---|"]
@@ -611,10 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="default model, npy and json only: a smoke run"
     )
     parser.add_argument(
-        "--pinned-rounds",
+        "--rounds",
         type=int,
-        default=2,
-        help="rounds over the wide model's pinned run sizes (0: leave that table out)",
+        default=3,
+        help="rounds of servers started in turn for the side-by-side comparisons (settings, "
+        "the batch policy against off, the wide model's pinned run sizes)",
     )
     parser.add_argument(
         "--server-args", default="", help='extra flags for both servers, e.g. "--max-wait-ms 0"'
@@ -654,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         """Start a server with ``server_flags`` and measure each (model, format, items, c)."""
         out = []
         with running_server(repository, [*flags, *server_flags]) as (url, process):
-            if not server_flags:  # the default server: the batch policy it chose per model
+            if not server_flags and "batch_policies" not in results:
+                # the first default server: the batch policy it chose per model
                 with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
                     results["batch_policies"] = orjson.loads(response.read())["batch_policies"]
             for model, fmt, items, c in specs:
@@ -675,29 +691,50 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{' '.join(server_flags)} {model} {fmt} [{items}] c={c}: {out[-1]}")
         return out
 
+    def alternate(
+        variants: dict[str, list[str]], specs: list[tuple[str, str, int, int]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Servers with each variant's flags, started in turn, round after round (``--rounds``):
+        a comparison of servers side by side, which one server each cannot give on a machine
+        whose speed drifts by tens of percent between minutes. Per variant, each spec's cell of
+        median items/s, with every round's items/s in ``rounds``."""
+        runs: dict[str, list[list[dict[str, Any]]]] = {v: [[] for _ in specs] for v in variants}
+        for _ in range(args.rounds):
+            for name, extra in variants.items():
+                for i, cell in enumerate(cells(extra, specs)):
+                    runs[name][i].append(cell)
+        return {
+            name: [
+                median_cell(each) | {"rounds": [round(r["items_per_second"]) for r in each]}
+                for each in per_spec
+            ]
+            for name, per_spec in runs.items()
+        }
+
     grid = [(m, f, ITEMS, c) for m in models for f in formats for c in concurrencies]
     single = [(m, "npy", 1, 32) for m in models]
+    npy8 = [(m, "npy", ITEMS, c) for m in models for c in concurrencies]
+    policy_cells = [(m, "npy", ITEMS, 32) for m in models]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         measured = cells([], grid + single)
         unbatched = cells(["--max-batch-size", "1", "--max-items-per-request", "1"], single)
-        variants = {
-            "--max-wait-ms 2": ["--max-wait-ms", "2"],
-            "--thread-spinning true": ["--thread-spinning", "true"],
-        }
-        npy8 = [(m, "npy", ITEMS, c) for m in models for c in concurrencies]
-        settings = {name: cells(extra, npy8) for name, extra in variants.items()}
-        policy_cells = [(m, "npy", ITEMS, 32) for m in models]
-        policy_off = cells(["--batch-policy", "off"], policy_cells)
-        # The wide model's server with its run size pinned, each size in turn, round after
-        # round: the curve the server itself sees, which the start-up probe only estimates.
-        pinned: dict[str, list[dict[str, Any]]] = {}
-        if WIDE_MODEL in models:
-            for _ in range(args.pinned_rounds):
-                for size in PINNED_BATCHES:
-                    pin = ["--preferred-batch-tokens", str(size * TOKENS)]
-                    (cell,) = cells(pin, [(WIDE_MODEL, "npy", ITEMS, 32)])
-                    pinned.setdefault(str(size), []).append(cell)
+        settings = alternate(
+            {
+                "": [],
+                "--max-wait-ms 2": ["--max-wait-ms", "2"],
+                "--thread-spinning true": ["--thread-spinning", "true"],
+            },
+            npy8,
+        )
+        policy = alternate({"measured": [], "off": ["--batch-policy", "off"]}, policy_cells)
+        # The wide model's server with its run size pinned: the curve the server itself sees,
+        # which the start-up probe only estimates.
+        pinned: dict[str, dict[str, Any]] = {}
+        if WIDE_MODEL in models and args.rounds:
+            sizes = {str(b): ["--preferred-batch-tokens", str(b * TOKENS)] for b in PINNED_BATCHES}
+            spec = [(WIDE_MODEL, "npy", ITEMS, 32)]
+            pinned = {size: cell for size, (cell,) in alternate(sizes, spec).items()}
     with running_server(repository, flags) as (url, _):
         results["client"] = client_bench.measure(
             url, DEFAULT_MODEL, batches[DEFAULT_MODEL], args.seconds, args.warmup, 32, args.repeats
@@ -712,17 +749,11 @@ def main(argv: list[str] | None = None) -> int:
         for m, b, u in zip(models, measured[len(grid) :], unbatched, strict=True)
     }
     results["settings"] = {
-        "": {
-            f"{m} c={c}": results["serve"][m]["npy"][str(c)] for m in models for c in concurrencies
-        }
-    }
-    results["settings"] |= {
         name: {f"{m} c={c}": r for (m, _, _, c), r in zip(npy8, rs, strict=True)}
         for name, rs in settings.items()
     }
     results["policy"] = {
-        m: {"measured": results["serve"][m]["npy"]["32"], "off": off}
-        for m, off in zip(models, policy_off, strict=True)
+        m: {name: rs[i] for name, rs in policy.items()} for i, (m, *_) in enumerate(policy_cells)
     }
     if pinned:
         results["pinned"] = {WIDE_MODEL: pinned}

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(32_768, gt=0, description="padded tokens in one model run")
     batch_policy: Literal["measure", "off"] = Field(
         "measure",
-        description="measure: time each model at start-up and close runs at the smallest batch "
+        description="measure: time each model at start-up and close runs at the largest batch "
         "within 5% of its best items/s; off: batch up to the caps alone",
     )
     preferred_batch_tokens: int | None = Field(
