@@ -13,10 +13,11 @@ keeps rising (the small ones) prefers nothing and batches up to the caps, as bef
 Why the largest near the best and not the smallest: the curve is raw ONNX Runtime back to
 back, but in the server every run also has costs of its own (the hop to the worker thread, the
 merge, the split, the futures) and shares the cores with the event loop, which the probe does
-not see and which favour fewer, larger runs (the wide benchmark model's server with its run
-size pinned at 8, 16, 32 and 64 items in one ``make bench``: BENCHMARKS.md). A preference only
-matters when the queue is deep, and then the wait is the queue's, not the run's: a smaller run
-buys no latency there.
+not see. With its run size pinned (``make bench``, BENCHMARKS.md), the wide benchmark model's
+server ran 1,173 / 1,332 / 1,360 / 1,393 items/s in runs of 8 / 16 / 32 / 64 items, where raw
+ONNX Runtime in the same run had 1,821 / 1,842 / 2,029 / 1,633: the server keeps the curve's
+rising side and not its fall. A preference only matters when the queue is deep, and then the
+wait is the queue's, not the run's: a smaller run buys no latency there.
 
 A preference is only taken when the measurement agrees with itself: at least
 :data:`MIN_ROUNDS` rounds over every size, and the fall at the largest batch seen in each
