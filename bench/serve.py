@@ -414,6 +414,11 @@ def median_cell(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(rounds, key=lambda r: r["items_per_second"])[len(rounds) // 2]
 
 
+def rounds_text(cell: dict[str, Any]) -> str:
+    """Every round's items/s of a cell measured in rounds ("" for a single measurement)."""
+    return ", ".join(f"{v:,}" for v in cell.get("rounds", []))
+
+
 def raw_best(results: dict[str, Any], model: str) -> dict[str, float] | None:
     raw = results["raw_onnxruntime"].get(model)
     return max(raw.values(), key=lambda r: r["items_per_second"]) if raw else None
@@ -443,7 +448,7 @@ def pinned_table(results: dict[str, Any]) -> list[str]:
             "|---:|---:|---|---:|---:|",
         ]
         for size, kept in sizes.items():
-            each = ", ".join(f"{v:,}" for v in kept.get("rounds", []))
+            each = rounds_text(kept)
             lines.append(
                 f"| {size} | {kept['items_per_second']:,.0f} | {each} | "
                 f"{kept['mean_batch_items']:.1f} | {kept['p99_ms']:.1f} |"
@@ -548,7 +553,7 @@ def markdown(results: dict[str, Any]) -> str:
     defaults = results["settings"].get("", {})
     for flags, cells in results["settings"].items():
         for c, r in cells.items():
-            each = ", ".join(f"{v:,}" for v in r.get("rounds", []))
+            each = rounds_text(r)
             base = defaults.get(c, r)["items_per_second"]
             lines.append(
                 f"| {flags or '(defaults)'} | {c} | {r['requests_per_second']:,.1f} | "
@@ -593,7 +598,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for model, variants in results["policy"].items():
             for name, r in variants.items():
-                each = ", ".join(f"{v:,}" for v in r.get("rounds", []))
+                each = rounds_text(r)
                 lines.append(
                     f"| {model} | {name} | {r['items_per_second']:,.0f} | {r['p50_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['mean_batch_items']:.1f} | {each} |"
