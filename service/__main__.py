@@ -30,7 +30,9 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0])
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description or ''} (env ADAPOOL_{name.upper()})"
+        # argparse formats help with %: a literal one ("within 5%") must be doubled
+        description = (info.description or "").replace("%", "%%")
+        help_text = f"{description} (env ADAPOOL_{name.upper()})"
         if name == "models":
             parser.add_argument(flag, help=help_text + "; comma-separated")
         else:

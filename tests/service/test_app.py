@@ -150,6 +150,16 @@ def test_settings_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(max_batchsize=3)  # type: ignore[call-arg]
 
 
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text
+    assert "within 5% of its best" in text  # a literal % in a description
+
+
 def test_importing_the_service_does_not_import_torch() -> None:
     code = (
         "import sys, service.app, service.__main__\n"
