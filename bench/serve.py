@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from base64 import b64encode
@@ -54,6 +55,7 @@ from bench import cores as cores_split
 from bench import hey
 from bench.process import ROOT, running_server
 from service.core.backend import OnnxBackend
+from service.core.runtime import threads_per_run
 from service.settings import Settings
 
 DEFAULT_MODEL = Settings.model_fields["default_model"].default  # the service's default
@@ -64,6 +66,7 @@ TOKENS = 128
 ITEMS = 8
 RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # raw ONNX Runtime's curve; its best is the ceiling
 PINNED_BATCHES = (8, 16, 32, 64)  # the wide model's server with its run size pinned
+INSTANCES = Settings.model_fields["model_instances"].default  # the service's runs at once
 
 
 # --- the benchmark repository ------------------------------------------------------------------
@@ -177,28 +180,44 @@ def check_body(url: str, body: Body, items: int) -> None:
 
 
 def raw_onnxruntime(
-    model_file: Path, x: np.ndarray, seconds: float, repeats: int = 1
+    model_file: Path, x: np.ndarray, seconds: float, repeats: int = 1, instances: int = 1
 ) -> dict[str, float]:
-    """items/s of an in-process session with the service's default options (its own
-    ``OnnxBackend``: all cores, idle threads not spinning, the shared arena) on batch ``x``, back
-    to back; ``repeats`` timed loops of ``seconds``, the median kept. ``cores``: the process's
-    CPU seconds per wall second meanwhile, and ``cpu_ms_per_item`` the CPU an item costs."""
-    backend = OnnxBackend(model_file, "cpu")
+    """items/s of an in-process session with the service's options (its own ``OnnxBackend``:
+    idle threads not spinning, the shared arena) on batch ``x``, back to back; ``repeats``
+    timed loops of ``seconds``, the median kept. ``instances``: runs at once, each from a
+    thread of its own, with the cores divided among them as the service divides them
+    (``threads_per_run``; one instance: all cores). ``cores``: the process's CPU seconds per
+    wall second meanwhile, and ``cpu_ms_per_item`` the CPU an item costs."""
+    threads = threads_per_run(instances, 0)
+    backend = OnnxBackend(model_file, "cpu", threads)
     mask = np.ones(x.shape[:2], dtype=bool)
     for _ in range(3):
         backend.run(x, mask)
     measured = []
     for _ in range(repeats):
-        runs, started, cpu = 0, time.perf_counter(), time.process_time()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            backend.run(x, mask)
-            runs += 1
-        measured.append((elapsed / runs, (time.process_time() - cpu) / elapsed))
+        counts = [0] * instances
+        started, cpu = time.perf_counter(), time.process_time()
+        stop = started + seconds
+
+        def loop(i: int, counts: list[int] = counts, stop: float = stop) -> None:
+            while time.perf_counter() < stop:
+                backend.run(x, mask)
+                counts[i] += 1
+
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - started
+        measured.append((elapsed / sum(counts), (time.process_time() - cpu) / elapsed))
     measured.sort()
     seconds_per_run, cores_used = measured[len(measured) // 2]
     return {
         "batch": float(x.shape[0]),
-        "ms_per_run": 1000 * seconds_per_run,
+        "instances": float(instances),
+        "intra_op_threads": float(threads),
+        "ms_per_run": 1000 * seconds_per_run * instances,
         "items_per_second": x.shape[0] / seconds_per_run,
         "cores": cores_used,
         "cpu_ms_per_item": 1000 * seconds_per_run * cores_used / x.shape[0],
@@ -322,20 +341,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": target, "ratio": ratio, "met": ratio >= goal, "context": context})
 
     wide = results["serve"].get(WIDE_MODEL, {})
-    raw = results["raw_onnxruntime"].get(WIDE_MODEL, {})
-    if raw:
-        best = max(raw.values(), key=lambda r: r["items_per_second"])
+    ceilings = [("raw ONNX Runtime's best", raw_best(results, WIDE_MODEL))]
+    if results.get("raw_onnxruntime_instances"):  # and the issue's, one run at a time
+        one_at_a_time = raw_best(results, WIDE_MODEL, ("raw_onnxruntime",))
+        ceilings.append(("its best one run at a time", one_at_a_time))
+    for name, best in ceilings:
+        if best is None:
+            continue
         ceiling = best["items_per_second"]
         for fmt in ("npy", "raw"):
             if "32" in wide.get(fmt, {}):
                 cell = wide[fmt]["32"]
                 add(
-                    f"{fmt} at c=32 >= 0.8x raw ONNX Runtime's best items/s ({WIDE_MODEL})",
+                    f"{fmt} at c=32 >= 0.8x {name} items/s ({WIDE_MODEL})",
                     cell["items_per_second"] / ceiling,
                     0.8,
-                    f"raw ONNX Runtime's best: {ceiling:,.0f} items/s at batch "
-                    f"{int(best['batch'])}; the server's runs held {cell['mean_batch_items']:.1f} "
-                    "items",
+                    f"{name}: {ceiling:,.0f} items/s, {raw_label(best)}; the server's runs "
+                    f"held {cell['mean_batch_items']:.1f} items",
                 )
     for model, cells in results.get("policy", {}).items():
         if "measured" in cells and "off" in cells:
@@ -419,9 +441,23 @@ def rounds_text(cell: dict[str, Any]) -> str:
     return ", ".join(f"{v:,}" for v in cell.get("rounds", []))
 
 
-def raw_best(results: dict[str, Any], model: str) -> dict[str, float] | None:
-    raw = results["raw_onnxruntime"].get(model)
-    return max(raw.values(), key=lambda r: r["items_per_second"]) if raw else None
+RAW_KINDS = ("raw_onnxruntime", "raw_onnxruntime_instances")
+
+
+def raw_best(
+    results: dict[str, Any], model: str, kinds: tuple[str, ...] = RAW_KINDS
+) -> dict[str, float] | None:
+    """Raw ONNX Runtime's best cell for ``model`` over every batch, one run at a time or
+    several at once (a run that did not measure several has only the first)."""
+    cells = [c for kind in kinds for c in results.get(kind, {}).get(model, {}).values()]
+    return max(cells, key=lambda r: r["items_per_second"]) if cells else None
+
+
+def raw_label(cell: dict[str, float]) -> str:
+    """How a raw cell ran: its batch, and its runs at once when more than one."""
+    at_once = int(cell.get("instances", 1))
+    runs = f", {at_once} runs at once" if at_once > 1 else ", one run at a time"
+    return f"batch {int(cell['batch'])}{runs}"
 
 
 def core_bound(results: dict[str, Any], model: str, cell: dict[str, Any]) -> float | None:
@@ -470,7 +506,7 @@ def cores_table(results: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {model} | {cell['items_per_second']:,.0f} | {split['loop']:.2f} | "
             f"{split['model']:.2f} | {split['load_generator']:.2f} | {split['idle']:.2f} | "
-            f"{served_cpu:.2f} | {best['cpu_ms_per_item']:.2f} (batch {int(best['batch'])}) | "
+            f"{served_cpu:.2f} | {best['cpu_ms_per_item']:.2f} ({raw_label(best)}) | "
             f"{bound:,.0f} | {cell['items_per_second'] / bound:.2f}x | "
             f"{bound / best['items_per_second']:.2f}x |"
         )
@@ -497,17 +533,23 @@ def markdown(results: dict[str, Any]) -> str:
         f"onnxruntime {m['onnxruntime']}, hey {m['hey']}, load average before "
         f"{m['load_average_before']}. Command: `{m['command']}`.",
         "",
-        "Raw ONNX Runtime, in process, back to back (the ceiling):",
+        "Raw ONNX Runtime, in process, back to back, one run at a time (all cores in the run) "
+        "and as many at once as the service's instances (the cores divided among them); the "
+        "ceiling is the best of all:",
         "",
-        "| model | batch [B, 128, D] | ms per run | items/s |",
-        "|---|---:|---:|---:|",
+        "| model | batch [B, 128, D] | runs at once | threads per run | ms per run | items/s "
+        "| cores | CPU ms per item |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for model, runs in results["raw_onnxruntime"].items():
-        for r in runs.values():
-            lines.append(
-                f"| {model} | {int(r['batch'])} | {r['ms_per_run']:.2f} | "
-                f"{r['items_per_second']:,.0f} |"
-            )
+    for kind in RAW_KINDS:
+        for model, runs in results.get(kind, {}).items():
+            for r in runs.values():
+                threads = int(r.get("intra_op_threads", 0)) or "all"
+                lines.append(
+                    f"| {model} | {int(r['batch'])} | {int(r.get('instances', 1))} | {threads} "
+                    f"| {r['ms_per_run']:.2f} | {r['items_per_second']:,.0f} "
+                    f"| {r.get('cores', 0):.2f} | {r.get('cpu_ms_per_item', 0):.2f} |"
+                )
     lines += [
         "",
         f"The server, [{ITEMS}, {TOKENS}, D] requests, default settings, hey in a separate process"
@@ -653,17 +695,23 @@ def main(argv: list[str] | None = None) -> int:
     batches = {m: rng.normal(size=(64, TOKENS, input_dim(repository, m))) for m in models}
     batches = {m: x.astype(np.float32) for m, x in batches.items()}
 
-    for model in models:
-        results["raw_onnxruntime"][model] = {
-            str(b): raw_onnxruntime(
-                repository / model / "1" / "model.onnx",
-                batches[model][:b],
-                args.seconds,
-                args.repeats,
-            )
-            for b in RAW_BATCHES
-        }
-        print(f"raw onnxruntime {model}: {results['raw_onnxruntime'][model]}", flush=True)
+    # Raw ONNX Runtime one run at a time (all cores in the run), and as many runs at once as
+    # the service's instances (the cores divided among them): the ceiling is the best of both.
+    raw_kinds = {"raw_onnxruntime": 1, "raw_onnxruntime_instances": INSTANCES}
+    for kind, instances in raw_kinds.items():
+        results[kind] = {}
+        for model in models:
+            results[kind][model] = {
+                str(b): raw_onnxruntime(
+                    repository / model / "1" / "model.onnx",
+                    batches[model][:b],
+                    args.seconds,
+                    args.repeats,
+                    instances,
+                )
+                for b in RAW_BATCHES
+            }
+            print(f"{kind} {model}: {results[kind][model]}", flush=True)
 
     flags = ["--models", ",".join(models), "--default-model", DEFAULT_MODEL]
     flags += shlex.split(args.server_args)
@@ -729,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                 "": [],
                 "--max-wait-ms 2": ["--max-wait-ms", "2"],
                 "--thread-spinning true": ["--thread-spinning", "true"],
+                "--model-instances 1": ["--model-instances", "1"],
             },
             npy8,
         )

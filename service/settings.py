@@ -29,7 +29,18 @@ class Settings(BaseSettings):
     device: Device = Field(
         "auto", description="auto tries CUDA then CPU; cuda and tensorrt are required"
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: all)")
+    model_instances: int = Field(
+        2,
+        ge=1,
+        description="model runs of one version at once, each in a worker thread of its own "
+        "(Triton's instance count); they share the version's session and the cores",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime threads of a model version, divided among its "
+        "model_instances, at least one per run (0: the cores the process may use)",
+    )
     thread_spinning: bool = Field(
         False, description="let idle ONNX Runtime threads spin (only on cores of their own)"
     )

@@ -12,6 +12,7 @@ from service.api.deps import KEYED, RuntimeDep
 from service.api.schemas import Info, errors
 from service.core.diagnostics import SIGNAL_RULE
 from service.core.models import BatchPolicyInfo
+from service.core.runtime import threads_per_run
 
 router = APIRouter(tags=["service"], dependencies=KEYED)
 
@@ -45,6 +46,9 @@ async def info(runtime: RuntimeDep) -> Info:
             "max_batch_tokens": s.max_batch_tokens,
             "max_wait_ms": s.max_wait_ms,
             "max_queue_requests": s.max_queue_requests,
+            "model_instances": s.model_instances,
+            # per run (0: ONNX Runtime's own, every core)
+            "intra_op_threads": threads_per_run(s.model_instances, s.intra_op_threads),
         },
         batch_policies={
             served.label: BatchPolicyInfo.of(served.policy)

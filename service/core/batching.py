@@ -2,8 +2,8 @@
 
 :func:`select_batch` is the policy, a pure function of the queue and the clock (tested with an
 injected clock). :class:`Batcher` drives it on the event loop: a bounded queue (admission: 429
-when full), a deadline per batch, the model run in a worker thread, and per-batch failure that
-fails exactly that batch's requests.
+when full), a deadline per batch, the model runs in worker threads (``instances`` of them at
+once), and per-batch failure that fails exactly that batch's requests.
 """
 
 from __future__ import annotations
@@ -194,11 +194,16 @@ class Batcher:
         on_batch: Callable[[BatchStats, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         extra: ExtraFn | None = None,
+        instances: int = 1,
     ) -> None:
         """``token_axes``: which axis of which output is the token axis (trimmed per request;
         default ``{"weights": 2}``). ``extra``, if given, runs in the worker thread right after
         the model, on its outputs and the batch's mask, for batches with a job that asked for it
-        (``wants_extra``)."""
+        (``wants_extra``). ``instances``: how many runs may be in flight at once, each in a
+        worker thread of its own (``run`` must be safe to call from several threads, as an
+        ONNX Runtime session is); while one is free, the model counts as idle."""
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
         self._run = run
         self._extra = extra
         self.limits = limits
@@ -209,7 +214,8 @@ class Batcher:
         self._on_depth = on_depth
         self._pending: list[Job] = []
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self.instances = instances
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="onnx")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -285,40 +291,43 @@ class Batcher:
         return await future
 
     async def _loop(self) -> None:
-        """Select, prepare and run batches. While a run is in flight, the next batch, if it is
-        already complete, is prepared (clients checked, inputs merged) so that the model starts
-        it as soon as it is free."""
-        running: asyncio.Task[None] | None = None
+        """Select, prepare and run batches, up to ``instances`` at once. While every instance
+        is busy, the next batch, if it is already complete, is prepared (clients checked,
+        inputs merged) so that it starts as soon as one is free."""
+        running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                busy = running is not None and not running.done()
+                running = {task for task in running if not task.done()}
+                busy = len(running) >= self.instances
                 batch = select_batch(self._pending, self._clock(), self.limits, idle=not busy)
                 if batch is None:
-                    await self._wait(running if busy else None)
+                    await self._wait(running, busy)
                     continue
                 chosen = set(map(id, batch))
                 self._set_pending([job for job in self._pending if id(job) not in chosen])
                 prepared = await self._prepare(batch)
                 if prepared is None:  # every client of the batch had left
                     continue
-                if running is not None:
-                    await running  # the run before this one delivers first
-                running = asyncio.get_running_loop().create_task(self._execute(*prepared))
+                while len(running) >= self.instances:  # wait for a free instance
+                    _, still = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    running = set(still)
+                running.add(asyncio.get_running_loop().create_task(self._execute(*prepared)))
         finally:
-            if running is not None and not running.done():
-                running.cancel()
+            for task in running:
+                task.cancel()
+            for task in running:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await running
+                    await task
 
-    async def _wait(self, running: asyncio.Task[None] | None) -> None:
-        """Until a request is queued, the run in flight ends, or the oldest job's deadline."""
+    async def _wait(self, running: set[asyncio.Task[None]], busy: bool) -> None:
+        """Until a request is queued, a run in flight ends, or (while an instance is free) the
+        oldest job's deadline."""
         self._wake.clear()
         timeout = None
-        if self._pending and running is None:
+        if self._pending and not busy:
             timeout = max(0.0, self._pending[0].enqueued + self.limits.max_wait - self._clock())
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        if running is not None:
-            waiters.append(running)
+        waiters.extend(running)
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,9 +67,27 @@ class Backend(Protocol):
 BackendFactory = Callable[[Path, Settings], Backend]
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: what a container's cpuset or
+    ``taskset`` leaves it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_run(instances: int, intra_op_threads: int) -> int:
+    """ONNX Runtime's intra-op threads for one run: a version's threads (``intra_op_threads``,
+    else the process's cores) divided among its ``instances``, at least one each. A single
+    instance keeps the setting as it is (0: ONNX Runtime's own default, every core)."""
+    if instances == 1:
+        return intra_op_threads
+    return max(1, (intra_op_threads or cores()) // instances)
+
+
 def onnx_backend(model_file: Path, settings: Settings) -> Backend:
     return OnnxBackend(
-        model_file, settings.device, settings.intra_op_threads, settings.thread_spinning
+        model_file,
+        settings.device,
+        threads_per_run(settings.model_instances, settings.intra_op_threads),
+        settings.thread_spinning,
     )
 
 
@@ -235,6 +254,7 @@ class Runtime:
             on_batch=on_batch,
             on_depth=m.queue_depth.set,
             extra=diagnostics,
+            instances=s.model_instances,
         )
 
     def _forward_checks(self) -> list[str]:

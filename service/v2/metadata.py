@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+from service.core.backend import CPU
 from service.core.models import ServedVersion
 from service.core.runtime import Runtime
 from service.v2.outputs import output_specs
@@ -82,5 +83,12 @@ def model_config(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
             "max_queue_delay_microseconds": int(s.max_wait_ms * 1000),
             "default_queue_policy": {"max_queue_size": s.max_queue_requests},
         },
+        "instance_group": [
+            {
+                "name": served.name,
+                "kind": "KIND_CPU" if served.provider == CPU else "KIND_GPU",
+                "count": s.model_instances,
+            }
+        ],
         "version_policy": {"all": {}},
     }

@@ -279,3 +279,60 @@ async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
     await batcher.close()
     assert isinstance(results[0], Outputs)  # prepared next: it ran
     assert all(isinstance(r, NotReady) for r in results[1:])
+
+
+async def test_instances_run_batches_at_once_and_each_request_gets_its_own_rows() -> None:
+    """With two instances a second batch starts while the first is still running (two worker
+    threads in the model at once); a third waits for a free one. Every request gets its own
+    rows back whatever order the runs end in."""
+    release, inside, most = threading.Event(), [0], [0]
+    lock = threading.Lock()
+
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        release.wait(5)
+        with lock:
+            inside[0] -= 1
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 100), instances=2)
+    batcher.start()
+    inputs = [np.full((1, 3, 2), float(i), dtype=np.float32) for i in range(5)]
+    mask = np.ones((1, 3), dtype=bool)
+    tasks = [asyncio.create_task(batcher.submit(x, mask)) for x in inputs]
+    await asyncio.sleep(0.1)
+    assert most[0] == 2 and batcher.depth == 2  # two running, one prepared, two queued
+    release.set()
+    results = await asyncio.gather(*tasks)
+    await batcher.close()
+    assert most[0] == 2  # never a third at once
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(result.arrays["pooled"], fake_model(x, mask)["pooled"])
+
+
+async def test_a_failed_run_of_one_instance_leaves_the_other_running() -> None:
+    gate = threading.Event()
+
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
+        if x[0, 0, 0] < 0:
+            raise RuntimeError("bad run")
+        gate.wait(5)
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 10), instances=2)
+    batcher.start()
+    mask = np.ones((1, 2), dtype=bool)
+    good = asyncio.create_task(batcher.submit(np.ones((1, 2, 2), dtype=np.float32), mask))
+    await asyncio.sleep(0.05)  # running on one instance, blocked on the gate
+    with pytest.raises(InferenceFailed, match="bad run"):
+        await batcher.submit(-np.ones((1, 2, 2), dtype=np.float32), mask)
+    gate.set()
+    assert (await good).arrays["pooled"].shape == (1, 2)
+    await batcher.close()
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(fake_model, LIMITS, instances=0)

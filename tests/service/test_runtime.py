@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.core import runtime as runtime_module
 from service.core.calls import Batch, Work
 from service.core.models import ServedVersion
-from service.core.runtime import Runtime
+from service.core.runtime import Runtime, threads_per_run
 from service.errors import (
     InvalidInput,
     NotFound,
@@ -165,7 +166,7 @@ async def test_refusals_are_counted_once_under_their_reason(repository: Path) ->
 async def test_a_full_queue_refuses_before_the_body_is_read(repository: Path) -> None:
     core, registry = runtime(
         repository, max_queue_requests=1, max_batch_size=1, max_items_per_request=1,
-        retry_after_seconds=3,
+        retry_after_seconds=3, model_instances=1,
     )  # fmt: skip
     await core.start()
     FakeBackend.gate = threading.Event()
@@ -271,3 +272,17 @@ def test_every_error_of_a_request_is_a_service_error() -> None:
     """What Runtime.pool raises is what a front-end renders: one family."""
     for error in (NotReady("x"), NotFound("x"), Overloaded(1, 1), InvalidInput("x")):
         assert isinstance(error, ServiceError) and error.status in (404, 422, 429, 503)
+
+
+def test_threads_per_run_divide_the_cores_among_the_instances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime_module, "cores", lambda: 16)
+    assert threads_per_run(2, 0) == 8
+    assert threads_per_run(3, 0) == 5
+    assert threads_per_run(32, 0) == 1  # never 0: that would be all
+    assert threads_per_run(1, 0) == 0  # ONNX Runtime's own: all cores
+    assert threads_per_run(1, 3) == 3
+    # a version's threads (a pod's CPU request, say), divided among its instances
+    assert threads_per_run(2, 4) == 2
+    assert threads_per_run(2, 1) == 1

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -338,6 +339,10 @@ def test_metadata_endpoints(server: str) -> None:
     assert (
         info["batching"]["max_wait_ms"] == 20 and info["onnxruntime"]["version"] == ort.__version__
     )
+    # two runs at once by default, the process's cores divided among them
+    cores = len(os.sched_getaffinity(0))
+    assert info["batching"]["model_instances"] == 2
+    assert info["batching"]["intra_op_threads"] == max(1, cores // 2)
     spec = httpx.get(f"{server}/openapi.json").json()
     content = spec["paths"]["/pool"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "application/x-npy", "application/octet-stream"}

@@ -118,6 +118,8 @@ def test_health_metadata_and_config_over_http(server: tuple[str, str]) -> None:
     assert outputs["signal_mask"] == ("BOOL", [-1, -1]) and outputs["entropy"] == ("FP32", [-1])
     config = c.get_model_config(MODEL)
     assert config["max_batch_size"] == 64 and "dynamic_batching" in config
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config["instance_group"][0]["count"] == 2
     assert [i["name"] for i in config["input"]] == ["embeddings", "attention_mask"]
     # optional: perf_analyzer then sends embeddings alone, as to a Triton model without a mask
     assert config["input"][1]["optional"] and "optional" not in config["input"][0]
