@@ -121,16 +121,27 @@ def select_batch(
 
 
 def merge(batch: list[Job]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-    """Stack the jobs' items into one zero-padded (B, N, D) array and its (B, N) mask."""
+    """Stack the jobs' items into one zero-padded (B, N, D) array and its (B, N) mask.
+
+    A batch of one job is its own arrays (no copy). Otherwise each value is written once: the
+    jobs' items are copied in and only the padding after a shorter job is zeroed, instead of
+    zeroing the whole array first (for a [64, 128, 384] run that doubled the merge's memory
+    traffic, on the event loop).
+    """
+    if len(batch) == 1:
+        only = batch[0]
+        return np.ascontiguousarray(only.embeddings, np.float32), only.attention_mask
     n = max(job.length for job in batch)
     d = batch[0].embeddings.shape[2]
     b = sum(job.items for job in batch)
-    embeddings = np.zeros((b, n, d), dtype=np.float32)
+    embeddings = np.empty((b, n, d), dtype=np.float32)
     mask = np.zeros((b, n), dtype=bool)
     row = 0
     for job in batch:
-        embeddings[row : row + job.items, : job.length] = job.embeddings
-        mask[row : row + job.items, : job.length] = job.attention_mask
+        rows = slice(row, row + job.items)
+        embeddings[rows, : job.length] = job.embeddings
+        embeddings[rows, job.length :] = 0.0  # padding: finite, and masked out
+        mask[rows, : job.length] = job.attention_mask
         row += job.items
     return embeddings, mask
 

@@ -71,6 +71,12 @@ def test_merge_and_split_are_exact() -> None:
     x, mask = merge(jobs)
     assert x.shape == (6, 7, 2) and mask.sum(1).tolist() == [3, 3, 7, 1, 1, 1]
     assert (x[0, 3:] == 0).all() and (x[2] == 7).all()
+    for _ in range(3):  # padding is zeroed, whatever memory the array was given
+        again, _ = merge(jobs)
+        assert (again[:2, 3:] == 0).all() and (again[3:, 1:] == 0).all()
+        np.testing.assert_array_equal(again, x)
+    alone, alone_mask = merge(jobs[:1])  # one job: its own arrays, not a copy
+    assert alone is jobs[0].embeddings and alone_mask is jobs[0].attention_mask
     pooled = np.arange(6, dtype=np.float32)[:, None].repeat(2, 1)
     weights = np.ones((6, 1, 7), dtype=np.float32)
     contributions = np.ones((6, 7, 3), dtype=np.float32)  # a token axis in another place
