@@ -353,13 +353,16 @@ class Runtime:
         needed = list(manifest.pooling.required_tokens)
         if not needed:
             return
-        for i, n in enumerate(batch.lengths.tolist()):
-            if max(needed) >= n or not batch.attention_mask[i, needed].all():
-                raise invalid(
-                    "embeddings",
-                    f"this model's query token(s) {needed} must be real tokens of every item",
-                    item=i,
-                )
+        mask = batch.attention_mask
+        real = batch.lengths > max(needed)  # then the positions exist; are they real tokens?
+        if real.any():
+            real[real] = mask[real][:, needed].all(axis=1)
+        if not real.all():
+            raise invalid(
+                "embeddings",
+                f"this model's query token(s) {needed} must be real tokens of every item",
+                item=int(np.flatnonzero(~real)[0]),
+            )
 
     @staticmethod
     def _diagnose(summary: Summary, work: Work, m: ModelMetrics) -> list[ItemDiagnostics] | None:

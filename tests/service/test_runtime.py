@@ -286,3 +286,23 @@ def test_threads_per_run_divide_the_cores_among_the_instances(
     # a version's threads (a pod's CPU request, say), divided among its instances
     assert threads_per_run(2, 4) == 2
     assert threads_per_run(2, 1) == 1
+
+
+async def test_a_masked_query_token_is_refused_naming_the_item(repository: Path) -> None:
+    target = repository / "knn-adapool-ego" / "1"  # its query is token 0
+    target.mkdir(parents=True)
+    shutil.copy(REPOSITORY / "knn-adapool-ego" / "1" / "manifest.json", target)
+    (target / "model.onnx").write_bytes(b"fake")
+    core, registry = runtime(repository)
+    await core.start()
+    try:
+        x = np.random.default_rng(0).standard_normal((3, 4, 16)).astype(np.float32)
+        caller = Caller(x)
+        caller.work.batch.attention_mask[2, 0] = False  # item 2's query token is padding
+        with pytest.raises(InvalidInput, match=r"query token\(s\) \[0\]") as caught:
+            await core.pool("knn-adapool-ego", None, caller)
+        assert caught.value.detail["item"] == 2 and "embeddings[2]" in caught.value.message
+        assert (await core.pool("knn-adapool-ego", None, Caller(x))).outputs["pooled"].shape[0] == 3
+        assert rejected(registry, "knn-adapool-ego", "invalid") == 1
+    finally:
+        await core.stop()
