@@ -1,6 +1,7 @@
 """Hostile clients against the real server over raw sockets (issue 16): an unfinished huge
 header, silent connections, slowloris, slow bodies, Upgrade, the header and query limits, a
-trailing slash, the connection reserve, and the connection lifetime caps (issue 19). Each test
+trailing slash, the connection reserve, and the connection lifetime caps (issue 19); and bodies
+cut on the wire any way, pipelined, behind ``Expect: 100-continue``, or left halfway. Each test
 asserts the documented answer and, where an attack runs, that a normal client was served
 promptly meanwhile.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import socket
 import threading
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench.hostile import (
@@ -39,10 +42,11 @@ from bench.hostile import (
     unfinished_header,
 )
 from service.connections import LINGER_SECONDS
-from tests.reliability.common import sample, scrape
+from tests.reliability.common import manifest, sample, scrape
 from tests.service.server import running_server
 
 MODEL = "knn-avg"
+DIM = manifest(MODEL)["input_dim"]
 FAST = ("--models", MODEL, "--default-model", MODEL, "--batch-policy", "off")
 LIMITED = (
     *FAST,
@@ -287,3 +291,97 @@ def test_connections_are_closed_after_the_request_cap_or_the_age_cap(limited: Ad
 
 def test_without_caps_a_connection_stays_open(defaults: Address) -> None:
     assert keep_alive_answers(defaults, [0.0] * 10) == [None] * 10
+
+
+def npy_request(x: Any, headers: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+    """A keep-alive .npy pool request for ``x``: (the head, the body)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(x, dtype=np.float32))
+    body = buffer.getvalue()
+    fields = {"Content-Type": "application/x-npy", "Connection": "keep-alive"} | (headers or {})
+    whole = request("POST", f"/models/{MODEL}/pool", body, fields)
+    return whole[: len(whole) - len(body)], body
+
+
+def pooled_of(answers: bytes) -> list[list[list[float]]]:
+    """The pooled vectors of each answer in a stream of keep-alive JSON answers."""
+    out = []
+    while answers:
+        head, _, rest = answers.partition(b"\r\n\r\n")
+        size = int(headers_of(head + b"\r\n\r\n")["content-length"])
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        out.append(json.loads(rest[:size])["pooled"])
+        answers = rest[size:]
+    return out
+
+
+def test_bodies_of_declared_length_are_read_whole_however_they_arrive(defaults: Address) -> None:
+    """A body reaches the app whole however it is cut on the wire (through the head and body
+    limits of GuardedProtocol): in one piece with its head, in small slices with pauses, and
+    pipelined after another request on the same connection. Each answer is the one a request
+    on a fresh connection gets."""
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(3, 700, DIM)).astype(np.float32) for _ in range(3)]  # 135 KB+ each
+    requests = [npy_request(x) for x in xs]
+    with socket.create_connection(defaults, timeout=10) as sock:
+        for head, body in requests:  # one at a time, each in one send
+            sock.sendall(head + body)
+            assert len(pooled_of(read_one(sock))[0]) == 3
+        expected = [pooled_of(exchange_one(defaults, h + b))[0] for h, b in requests]
+        head, body = requests[0]
+        sock.sendall(head)  # the head alone, then the body in slices of 10 KB
+        send_slowly(sock, body, 10_000, 0.002)
+        assert pooled_of(read_one(sock)) == [expected[0]]
+        sock.sendall(b"".join(h + b for h, b in requests[1:]))  # two pipelined
+        got = pooled_of(read_one(sock) + read_one(sock))
+    assert got == expected[1:]
+
+
+def test_expect_100_continue_is_answered_before_the_body(defaults: Address) -> None:
+    x = np.ones((1, 4, DIM), np.float32)
+    head, body = npy_request(x, {"Expect": "100-continue"})
+    with socket.create_connection(defaults, timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert len(pooled_of(read_one(sock))[0]) == 1
+
+
+def test_a_client_that_leaves_mid_body_is_counted_and_others_are_served(
+    defaults: Address,
+) -> None:
+    url = f"http://{defaults[0]}:{defaults[1]}"
+    labels = {"model": MODEL, "reason": "client_gone"}
+    before = sample(scrape(url), "adapool_rejected_requests_total", **labels)
+    x = np.ones((2, 900, DIM), np.float32)
+    head, body = npy_request(x)
+    with socket.create_connection(defaults, timeout=10) as sock:
+        sock.sendall(head + body[: len(body) // 2])
+        time.sleep(0.2)  # the app is reading the body now
+    deadline, after = time.monotonic() + 5, before
+    while after == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = sample(scrape(url), "adapool_rejected_requests_total", **labels)
+    assert after == before + 1
+    assert status_of(exchange(defaults, pool_request())[0]) == 200
+
+
+def read_one(sock: socket.socket) -> bytes:
+    """One keep-alive answer, whole (head and Content-Length bytes of body)."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    size = int(headers_of(head + b"\r\n\r\n")["content-length"])
+    while len(rest) < size:
+        rest += sock.recv(65536)
+    assert len(rest) == size, "more than one answer arrived"
+    return head + b"\r\n\r\n" + rest
+
+
+def exchange_one(where: Address, data: bytes) -> bytes:
+    with socket.create_connection(where, timeout=10) as sock:
+        sock.sendall(data)
+        return read_one(sock)
