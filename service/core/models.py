@@ -72,6 +72,7 @@ class BatchPolicyInfo(BaseModel):
     preferred_items: int | None = Field(description="the same at the probe's token length")
     probe_tokens: int = Field(description="the token length the curve was measured at")
     curve: list[CurvePoint] = Field(description="items/s by batch size, as measured")
+    runs_at_once: int = Field(description="the curve's runs in flight together (instances)")
 
     @classmethod
     def of(cls, policy: BatchPolicy) -> BatchPolicyInfo:
@@ -81,6 +82,7 @@ class BatchPolicyInfo(BaseModel):
             preferred_items=policy.preferred_items,
             probe_tokens=policy.probe_tokens,
             curve=[CurvePoint(batch=b, items_per_second=round(v, 1)) for b, v in policy.curve],
+            runs_at_once=policy.runs_at_once,
         )
 
 

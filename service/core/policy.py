@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,6 +57,7 @@ class BatchPolicy:
     preferred_tokens: int | None  # padded tokens per run (None: the caps alone)
     probe_tokens: int = 0  # the token length the curve was measured at
     curve: tuple[tuple[int, float], ...] = field(default=())  # (batch, items/s)
+    runs_at_once: int = 1  # the curve's runs in flight together (the model's instances)
 
     @property
     def preferred_items(self) -> int | None:
@@ -88,6 +90,7 @@ def measure(
     tokens: int,
     budget_seconds: float,
     clock: Callable[[], float] = time.perf_counter,
+    instances: int = 1,
 ) -> BatchPolicy:
     """Time ``run`` on batches of 1, 2, 4, ... items of ``tokens`` tokens (within ``max_items``
     items and ``max_tokens`` padded tokens) and return the policy.
@@ -95,7 +98,11 @@ def measure(
     Rounds over every size, :data:`RUNS` runs each, repeat while ``budget_seconds`` last (at
     least :data:`MIN_ROUNDS` rounds); each size keeps its fastest run, the estimate that other
     work on the machine disturbs least. A batch is preferred only when every round on its own
-    would prefer one too (see the module's docstring).
+    would prefer one too (see the module's docstring). With ``instances`` above one, each timed
+    run is that many runs at once, from threads of their own, as a loaded server runs them: a
+    run on a share of the cores has a curve of its own (on the 2-core development machine, one
+    thread per run, the wide benchmark model peaked at 4 items and the default model kept
+    rising to 64, where one run on both cores had peaked at 8 and 64).
     """
     sizes = [1 << i for i in range(16) if (1 << i) <= max_items and (1 << i) * tokens <= max_tokens]
     rng = np.random.default_rng(0)
@@ -106,20 +113,29 @@ def measure(
         )
         for b in sizes
     }
+    pool = ThreadPoolExecutor(instances, "probe") if instances > 1 else None
+
+    def timed(x: NDArray[np.float32], mask: NDArray[np.bool_]) -> float:
+        started = clock()
+        if pool is None:
+            run(x, mask)
+        else:
+            for future in [pool.submit(run, x, mask) for _ in range(instances)]:
+                future.result()
+        return clock() - started
+
     for x, mask in inputs.values():
-        run(x, mask)  # the first run of a shape allocates
+        timed(x, mask)  # the first run of a shape allocates
     rounds: list[list[tuple[int, float]]] = []  # each round's curve: (batch, items/s)
     deadline = clock() + budget_seconds
     while len(rounds) < MIN_ROUNDS or clock() < deadline:
         curve = []
         for batch, (x, mask) in inputs.items():
-            seconds = float("inf")
-            for _ in range(RUNS):
-                started = clock()
-                run(x, mask)
-                seconds = min(seconds, clock() - started)
-            curve.append((batch, batch / seconds))
+            seconds = min(timed(x, mask) for _ in range(RUNS))
+            curve.append((batch, instances * batch / seconds))
         rounds.append(curve)
+    if pool is not None:
+        pool.shutdown()
     # Each size's fastest run over all rounds: other work only ever slows a run down.
     curve = [(b, max(r[i][1] for r in rounds)) for i, b in enumerate(sizes)]
     preferred = None
@@ -130,4 +146,5 @@ def measure(
         preferred * tokens if preferred is not None else None,
         tokens,
         tuple(curve),
+        instances,
     )

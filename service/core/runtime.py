@@ -214,6 +214,7 @@ class Runtime:
             s.max_batch_tokens,
             min(PROBE_TOKENS, s.max_tokens_per_item),
             s.batch_probe_seconds,
+            instances=s.model_instances,
         )
 
     def _batcher(self, served: ServedVersion) -> Batcher:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -53,6 +55,29 @@ def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
     assert policy.preferred_tokens == 8 * 32 and policy.preferred_items == 8
     assert policy.curve[3][1] == pytest.approx(8 / 0.0018)
     assert calls.count(64) >= 1 + 3 * 3  # a warm-up run, then 3 per round, at least 3 rounds
+
+
+def test_with_instances_each_timed_run_is_that_many_runs_at_once() -> None:
+    """Two instances: every timed run is two calls in flight together (from two threads), and
+    the curve counts both runs' items."""
+    lock, inside, most, calls = threading.Lock(), [0], [0], [0]
+    both = threading.Barrier(2, timeout=5)  # a call returns only once its partner is in too
+
+    def run(x: np.ndarray, mask: np.ndarray) -> None:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            calls[0] += 1
+        both.wait()
+        time.sleep(0.001)
+        with lock:
+            inside[0] -= 1
+
+    policy = measure(run, 4, 4, 4096, 8, budget_seconds=0.0, instances=2)
+    assert most[0] == 2 and calls[0] % 2 == 0 and policy.runs_at_once == 2
+    assert [b for b, _ in policy.curve] == [1, 2, 4]
+    # two runs of 4 items in a little over 1 ms: about 2 x 4 / 0.001 items/s, not 4 / 0.001
+    assert 5_000 < policy.curve[2][1] < 8_100
 
 
 def test_rounds_that_disagree_prefer_nothing() -> None:
@@ -143,6 +168,7 @@ async def test_pins_and_what_info_says(anyio_backend: str, tmp_path: Path) -> No
     assert measured["knn-max/1"]["preferred_tokens"] == 640
     avg = measured["knn-avg/1"]
     assert avg["source"] == "measured" and avg["probe_tokens"] == 128
+    assert avg["runs_at_once"] == 2  # the default instances, as the server runs them
     assert [p["batch"] for p in avg["curve"]] == [1, 2, 4, 8, 16, 32, 64]  # type: ignore[index, union-attr]
     pinned = await policies(preferred_batch_tokens=256)
     assert {p["source"] for p in pinned.values()} == {"settings"}
@@ -153,4 +179,5 @@ async def test_pins_and_what_info_says(anyio_backend: str, tmp_path: Path) -> No
         "preferred_items": None,
         "probe_tokens": 0,
         "curve": [],
+        "runs_at_once": 1,
     }
