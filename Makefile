@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
-	hostile bench-memory attention compare wheelhouse image base-image
+	hostile bench-memory bench-instances attention compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -63,6 +63,9 @@ hostile: setup  ## hostile clients (huge header, 20,000 silent connections, slow
 
 bench-memory: setup  ## RSS and ms per model run against tokens and batch, the probe, arena options (ARGS="--baseline DIR")
 	$(BIN)/python -m bench.memory $(ARGS)
+
+bench-instances: setup  ## peak RSS with model_instances 1 and 2: two of the largest runs at once
+	$(BIN)/python -m bench.instances --out results/bench/instances.json $(ARGS)
 
 attention: setup  ## encoder attention candidates side by side (explicit, Attention, MHA, chunked)
 	$(BIN)/python -m bench.attention $(ARGS)

@@ -235,3 +235,22 @@ def test_cores_split_reads_threads_and_the_load_generator() -> None:
     for part in ("loop", "model", "load_generator"):
         assert 0.05 < split[part] * wall < wall, (part, split)
     assert split["loop"] + split["model"] + split["load_generator"] <= (os.cpu_count() or 1) + 0.1
+
+
+def test_bench_instances_measures_both_on_the_real_server(tmp_path: Path) -> None:
+    """bench.instances on the small default model with small requests: one row per server,
+    peaks at least the RSS they started from."""
+    import json
+
+    from bench import instances
+    from bench.serve import DEFAULT_MODEL
+    from tests.service.server import REPOSITORY
+
+    out = tmp_path / "instances.json"
+    argv = ["--model", DEFAULT_MODEL, "--repository", str(REPOSITORY), "--items", "4"]
+    assert instances.main([*argv, "--tokens", "64", "--rounds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["instances"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["started_mib"] > 0
+        assert r["peak_after_two_at_once_mib"] >= r["peak_after_one_mib"] >= r["started_mib"] - 1
