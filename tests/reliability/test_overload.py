@@ -1,6 +1,6 @@
 """Overload: offered load far above capacity against a small queue.
 
-hey (a Go load generator, so the client does not eat the server's CPU) keeps 32 requests in
+hey (a Go load generator, so the client does not eat the server's CPU) keeps 64 requests in
 flight for 6 s against one model whose queue holds 8. The bounded queue must refuse the excess
 at once with 429, Retry-After and the JSON error body; accepted requests must still complete
 within a bound; resident memory must stay bounded; and once the load stops the service must be
@@ -33,7 +33,7 @@ from tests.reliability.common import (
 
 MODEL = "knn-adapool-ego"
 QUEUE = 8
-CONCURRENCY = 32
+CONCURRENCY = 64
 SECONDS = 6
 SHAPE = (8, 256, 16)
 # Bounds (RELIABILITY.md has the measured figures they were set from, on 2 shared cores).
