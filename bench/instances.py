@@ -21,18 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.process import running_server
+from bench import procstat
+from bench.process import ROOT, running_server
 from bench.serve import WIDE_MODEL, input_dim, prepare_repository
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def mib(pid: int, key: str) -> float:
     """A ``/proc/PID/status`` figure (VmRSS, VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
+    return procstat.parse_status_kib(Path(f"/proc/{pid}/status").read_text(), key) / 1024
 
 
 def post(url: str, model: str, body: bytes) -> None:

@@ -113,29 +113,27 @@ def measure(
         )
         for b in sizes
     }
-    pool = ThreadPoolExecutor(instances, "probe") if instances > 1 else None
+    with ThreadPoolExecutor(instances, "probe") as pool:  # runs at once, when instances > 1
 
-    def timed(x: NDArray[np.float32], mask: NDArray[np.bool_]) -> float:
-        started = clock()
-        if pool is None:
-            run(x, mask)
-        else:
-            for future in [pool.submit(run, x, mask) for _ in range(instances)]:
-                future.result()
-        return clock() - started
+        def timed(x: NDArray[np.float32], mask: NDArray[np.bool_]) -> float:
+            started = clock()
+            if instances == 1:
+                run(x, mask)
+            else:
+                for future in [pool.submit(run, x, mask) for _ in range(instances)]:
+                    future.result()
+            return clock() - started
 
-    for x, mask in inputs.values():
-        timed(x, mask)  # the first run of a shape allocates
-    rounds: list[list[tuple[int, float]]] = []  # each round's curve: (batch, items/s)
-    deadline = clock() + budget_seconds
-    while len(rounds) < MIN_ROUNDS or clock() < deadline:
-        curve = []
-        for batch, (x, mask) in inputs.items():
-            seconds = min(timed(x, mask) for _ in range(RUNS))
-            curve.append((batch, instances * batch / seconds))
-        rounds.append(curve)
-    if pool is not None:
-        pool.shutdown()
+        for x, mask in inputs.values():
+            timed(x, mask)  # the first run of a shape allocates
+        rounds: list[list[tuple[int, float]]] = []  # each round's curve: (batch, items/s)
+        deadline = clock() + budget_seconds
+        while len(rounds) < MIN_ROUNDS or clock() < deadline:
+            curve = []
+            for batch, (x, mask) in inputs.items():
+                seconds = min(timed(x, mask) for _ in range(RUNS))
+                curve.append((batch, instances * batch / seconds))
+            rounds.append(curve)
     # Each size's fastest run over all rounds: other work only ever slows a run down.
     curve = [(b, max(r[i][1] for r in rounds)) for i, b in enumerate(sizes)]
     preferred = None
