@@ -51,7 +51,13 @@ def guarded_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
     limits = Limits.from_settings(settings)
     metrics = app.state.runtime.metrics
-    gate = ConnectionGate(limits, max_connections, settings.reserved_connections, metrics)
+    gate = ConnectionGate(
+        limits,
+        max_connections,
+        settings.reserved_connections,
+        metrics,
+        admission=app.state.head_admission,
+    )
     return GuardedConfig(
         app,
         gate,

@@ -16,7 +16,8 @@ from importlib import metadata
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from service.api import HOT, ROUTERS, document_auth, include_routes
+from service.api import HOT, ROUTERS, document_auth, include_routes, pool
+from service.api.admission import HeadAdmission
 from service.api.bodies import Decoders
 from service.api.context import RequestContext
 from service.api.errors import install_handlers
@@ -64,5 +65,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     install_handlers(app, {"/v2": v2_rest.error_response})
     include_routes(app, [*HOT, v2_rest.infer_router], [*ROUTERS, v2_rest.router])
+    # Admission at the request head (service.api.admission); None: the app admits.
+    targets = {**pool.TARGETS, **v2_rest.TARGETS}
+    app.state.head_admission = HeadAdmission(app, targets) if settings.head_admission else None
     document_auth(app, settings)
     return app

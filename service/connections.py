@@ -34,16 +34,23 @@ import asyncio
 import logging
 import resource
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
+from service.api.admission import PLACE, Answer, HeadAdmission
 from service.api.errors import error_body
+from service.core.batching import Place
 from service.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -97,9 +104,15 @@ class ConnectionGate:
     """
 
     def __init__(
-        self, limits: Limits, max_connections: int, reserved: int, metrics: Metrics
+        self,
+        limits: Limits,
+        max_connections: int,
+        reserved: int,
+        metrics: Metrics,
+        admission: HeadAdmission | None = None,
     ) -> None:
         self.limits = limits
+        self.admission = admission  # asked once a request head is complete
         self.max_connections = max_connections
         self.general = max(1, max_connections - reserved)
         self.open = 0
@@ -185,6 +198,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.body_timer: asyncio.TimerHandle | None = None
         self.body_started = 0.0
         self.body_bytes = 0
+        self.place: Place | None = None  # the current request's, admitted at its head
 
     # The connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -199,6 +213,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate.leave(self)
+        self._release()
         for timer in (self.head_timer, self.body_timer):
             if timer is not None:
                 timer.cancel()
@@ -247,6 +262,13 @@ class GuardedProtocol(HttpToolsProtocol):
             # and anything it still sends is dropped (as uvicorn's connection_lost does).
             self.cycle.disconnected = True
             self.cycle.message_event.set()
+        self._close(linger)
+
+    def _close(self, linger: float) -> None:
+        """Close the connection; with ``linger``, after an end of file and up to ``linger``
+        seconds of the client's further bytes read and dropped (:meth:`refuse`)."""
+        self.refused = True
+        self.gate.leave(self)
         if linger and self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(linger, self.transport.close)
@@ -275,17 +297,67 @@ class GuardedProtocol(HttpToolsProtocol):
             self._stop(BadRequest(message, {"header": "upgrade"}))
         if self.reserve_only and not self.url.decode("latin-1").startswith(RESERVED_PATHS):
             self._stop(TooManyConnections("only health and metrics are served near the cap"))
-        super().on_headers_complete()
         self.requests += 1
         age = time.monotonic() - self.opened
-        if (
+        last = bool(
             upgrade
             or (self.limits.max_requests and self.requests >= self.limits.max_requests)
             or (self.limits.max_age and age >= self.limits.max_age)
-        ):
-            self.cycle.keep_alive = False  # Connection: close on its answer
+        )
+        admitted = None if upgrade else self._admit()
+        if isinstance(admitted, Answer):
+            self._answer(admitted, last)
+        else:
+            if admitted is not None:  # the request's place in the queue, for the core
+                self.place = cast(dict[str, Any], self.scope)[PLACE] = admitted
+            super().on_headers_complete()
+            if last:
+                self.cycle.keep_alive = False  # Connection: close on its answer
         self.body_started, self.body_bytes = time.monotonic(), 0
         self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_deadline)
+
+    def _admit(self) -> Answer | Place | None:
+        """The gate's admission at the head (service.api.admission) for a POST that is not
+        queued behind a request in progress (its answer would have to wait for that one's)."""
+        admission = self.gate.admission
+        if admission is None or self.parser.get_method() != b"POST":
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        return admission(path, url.query or b"", self.headers)
+
+    def _answer(self, answer: Answer, last: bool) -> None:
+        """Write ``answer`` for the request whose head is complete, without the app: its
+        cycle is complete from the start, so that its body is dropped as it arrives."""
+        http10 = self.parser.get_http_version() == "1.0"
+        keep_alive = not last and not http10 and self.parser.should_keep_alive()
+        self.scope["method"] = "POST"
+        self.cycle = RequestResponseCycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,  # the final answer goes out at once instead
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+        self.cycle.response_started = self.cycle.response_complete = True
+        headers = [*self.server_state.default_headers, *answer.headers]
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        self.transport.write(http_answer(answer.status, headers, answer.body))
+        if keep_alive:
+            self.on_response_complete()
+        else:
+            self._close(LINGER_SECONDS)
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -299,9 +371,17 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._release()
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
             self.gate.idle(self)
+
+    def _release(self) -> None:
+        """The request is answered (or its client gone): its place, if it still holds one
+        (the core takes it when the request is queued), is free."""
+        if self.place is not None:
+            self.place.release()
+            self.place = None
 
     # Limits
     def _stop(self, error: ServiceError) -> None:
@@ -374,8 +454,13 @@ def refusal(error: ServiceError, default_headers: list[tuple[bytes, bytes]]) -> 
         (b"x-request-id", request_id.encode()),
         *((name.encode(), value.encode()) for name, value in error.headers.items()),
     ]
+    return http_answer(error.status, headers, body)
+
+
+def http_answer(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """An HTTP/1.1 answer's bytes: status line, ``headers`` (all of them) and ``body``."""
     lines = [name + b": " + value + b"\r\n" for name, value in headers]
-    return b"".join([STATUS_LINE[error.status], *lines, b"\r\n", body])
+    return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
 
 
 def fit_descriptors(max_connections: int, backlog: int, reserved: int) -> tuple[int, int]:

@@ -67,6 +67,7 @@ class Metrics:
         self.registry = registry
         self._models: dict[str, ModelMetrics] = {}
         self._rejected: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # children, reused
         self.requests = Counter(
             "adapool_requests",
             "HTTP requests by model, route and status code",
@@ -174,6 +175,18 @@ class Metrics:
             buckets=SNR_BUCKETS,
             registry=registry,
         )
+
+    def request(self, model: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request (``route``: its template) and its duration."""
+        key = (model, route, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (
+                self.requests.labels(model, route, str(status)),
+                self.request_duration.labels(model, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def reject(self, model: str, reason: str) -> None:
         """Count a refused or dropped request (the series appears on first use; ``model`` is

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     )
     max_queue_requests: int = Field(256, gt=0, description="queued requests per model before 429")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429")
+    head_admission: bool = Field(
+        True,
+        description="admit or refuse (429) a pool or infer request from its head, in the "
+        "connection layer, before its body is read or the app sees it (false: the app does; "
+        "the same answers, but a refusal costs several times more)",
+    )
     shutdown_drain_seconds: float = Field(
         0.0,
         ge=0,

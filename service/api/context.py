@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -20,6 +21,14 @@ from service.metrics import Metrics
 REQUEST_ID_HEADER = "x-request-id"
 log = logging.getLogger("adapool.service")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID_HEADER = REQUEST_ID_HEADER.encode()
+
+
+def request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's id: the client's X-Request-Id if it is safe to echo, else a new one."""
+    given = next((value for name, value in headers if name == _ID_HEADER), b"")
+    text = given.decode("latin-1")
+    return text if _SAFE_ID.match(text) else uuid.uuid4().hex
 
 
 class RequestContext:
@@ -36,9 +45,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        rid = request_id(scope.get("headers") or [])
         scope["request_id"] = rid
         started = time.perf_counter()
         status = 500
@@ -89,8 +96,7 @@ class RequestContext:
         route = _route_template(scope)
         state: dict[str, Any] = scope.get("state") or {}
         model = str(state.get("model", ""))
-        self.metrics.requests.labels(model, route, str(status)).inc()
-        self.metrics.request_duration.labels(model, route).observe(seconds)
+        self.metrics.request(model, route, status, seconds)
 
 
 def _route_template(scope: Scope) -> str:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
+from service.api.admission import Target, place_of
 from service.api.answers import encode
 from service.api.bodies import Decoders, read_body
 from service.api.errors import request_id_of
@@ -78,6 +79,7 @@ class HttpCaller:
         self.media = JSON
         self.options = Options()
         self.is_disconnected = request.is_disconnected  # checked before the model run
+        self.place = place_of(request.scope)  # admitted by the connection layer, if it was
 
     def on_model(self, served: ServedVersion) -> None:
         self.request.state.model = served.name  # the request's model label in the metrics
@@ -121,6 +123,28 @@ def _version(text: str | None) -> int | None:
     return int(text)
 
 
+def _names_version(request: Request) -> bool:
+    """Whether the query may name a version (only then is it parsed here: the endpoint parses
+    it anyway, and a target is also asked at the request head, where every microsecond of a
+    refusal counts)."""
+    query: bytes = request.scope.get("query_string", b"")
+    return b"version" in query and "version" in query_params(request)
+
+
+def default_target(request: Request) -> Target:
+    """``POST /pool``: the default model's newest ready version."""
+    if _names_version(request):
+        raise invalid("query", "unknown keys ['version']; POST /models/{name}/pool takes one")
+    runtime: Runtime = request.app.state.runtime
+    return runtime.settings.default_model, None
+
+
+def named_target(request: Request) -> Target:
+    """``POST /models/{name}/pool``: the named model, its newest ready version or ?version=."""
+    name: str = request.path_params["name"]
+    return name, _version(query_params(request)["version"]) if _names_version(request) else None
+
+
 @router.post(
     "/pool",
     response_model=PoolResponse,
@@ -131,10 +155,8 @@ def _version(text: str | None) -> int | None:
 async def pool_default(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     runtime.authorize(request.headers.get("authorization"))  # before anything else is read
-    query = query_params(request)
-    if "version" in query:
-        raise invalid("query", "unknown keys ['version']; POST /models/{name}/pool takes one")
-    return await serve(request, runtime, runtime.settings.default_model, None, query)
+    name, version = default_target(request)
+    return await serve(request, runtime, name, version, query_params(request))
 
 
 @router.post(
@@ -147,6 +169,9 @@ async def pool_default(request: Request) -> Response:
 async def pool_named(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     runtime.authorize(request.headers.get("authorization"))  # before anything else is read
-    query = query_params(request)
-    name: str = request.path_params["name"]
-    return await serve(request, runtime, name, _version(query.get("version")), query)
+    name, version = named_target(request)
+    return await serve(request, runtime, name, version, query_params(request))
+
+
+# Each pool route's target, by route template (the early refusal's, service.api.admission).
+TARGETS = {"/pool": default_target, "/models/{name}/pool": named_target}

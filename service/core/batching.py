@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -185,13 +186,49 @@ class BatchStats:
     queue_seconds: list[float]
 
 
+# How long an admitted request's place counts against the queue's bound while its body is
+# read (class Place).
+HOLD_SECONDS = 1.0
+
+
+class Place:
+    """A place in a batcher's queue, held from admission (:meth:`Batcher.admit`) until the
+    request is queued (:meth:`Batcher.submit` takes it) or fails; a with-block releases it.
+
+    While held, and for at most ``HOLD_SECONDS``, it counts against ``max_queue`` as a queued
+    request does: without it, every request admitted while the queue had room read its body,
+    and all but the first few were then refused at submit (under a 429 storm, a burst of them
+    each time a batch emptied the queue). An older place stops counting, so that slow uploads
+    cannot hold the queue; such a request is checked again when it is submitted."""
+
+    __slots__ = ("batcher", "counting", "released", "since")
+
+    def __init__(self, batcher: Batcher, since: float) -> None:
+        self.batcher = batcher
+        self.since = since
+        self.counting = True
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.batcher._uncount(self)
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Batcher:
     """Queues requests for one model version and runs them in merged batches.
 
-    Admission lives here (:meth:`admit`: one refusal, :class:`Overloaded` with its retry hint),
-    and so does the queue's depth, reported through ``on_depth`` whenever it changes. Errors
-    reach the caller as exceptions (a dropped client as :class:`ClientGone`); counting them is
-    the caller's business.
+    Admission lives here (:meth:`check`, :meth:`admit`: one refusal, :class:`Overloaded` with
+    its retry hint; a :class:`Place` held while the body is read), and so does the queue's
+    depth, reported through ``on_depth`` whenever it changes. Errors reach the caller as
+    exceptions (a dropped client as :class:`ClientGone`); counting them is the caller's
+    business.
     """
 
     def __init__(
@@ -224,6 +261,8 @@ class Batcher:
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._pending: list[Job] = []
+        self._places: deque[Place] = deque()  # admitted, not yet queued; oldest first
+        self._counted = 0  # of them, those that count against max_queue
         self._wake = asyncio.Event()
         self.instances = instances
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="onnx")
@@ -234,12 +273,34 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    def admit(self) -> None:
-        """Raise if the next request would be refused: shutting down, or the queue is full."""
+    def check(self) -> None:
+        """Raise if the next request would be refused: shutting down, or the queue is full
+        (queued requests and the places held by requests still being read)."""
         if self._closed:
             raise NotReady("the server is shutting down")
-        if len(self._pending) >= self.limits.max_queue:
+        if len(self._pending) + self._held() >= self.limits.max_queue:
             raise Overloaded(self.limits.max_queue, self.retry_after_seconds)
+
+    def admit(self) -> Place:
+        """:meth:`check`, then hold a place for the request while its body is read."""
+        self.check()
+        place = Place(self, self._clock())
+        self._places.append(place)
+        self._counted += 1
+        return place
+
+    def _held(self) -> int:
+        """How many places count now: those older than HOLD_SECONDS stop counting."""
+        horizon = self._clock() - HOLD_SECONDS
+        places = self._places
+        while places and (places[0].released or places[0].since <= horizon):
+            self._uncount(places.popleft())
+        return self._counted
+
+    def _uncount(self, place: Place) -> None:
+        if place.counting:
+            place.counting = False
+            self._counted -= 1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -290,10 +351,17 @@ class Batcher:
         attention_mask: NDArray[np.bool_],
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
         wants_extra: bool = False,
+        place: Place | None = None,
     ) -> Outputs:
         """Queue one request and wait for its outputs (its rows of every output, and of the
-        extra result when ``wants_extra``)."""
-        self.admit()
+        extra result when ``wants_extra``). With the ``place`` that :meth:`admit` gave it, it
+        takes that place (checked again only if it no longer counts); without, it is checked
+        now."""
+        counted = place is not None and place.counting
+        if place is not None:
+            place.release()
+        if not counted:
+            self.check()
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         job = Job(embeddings, attention_mask, self._clock(), future, is_disconnected, wants_extra)
         self._pending.append(job)

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
+    from service.core.batching import Place
     from service.core.diagnostics import ItemDiagnostics, Summary
     from service.core.models import ServedVersion
     from service.metrics import ModelMetrics
@@ -47,7 +48,12 @@ class Work:
 
 
 class Caller(Protocol):
-    """The front-end's side of one pool request."""
+    """The front-end's side of one pool request.
+
+    ``place``: the request's place in the queue if the front-end admitted it before the core
+    saw it (:meth:`Runtime.hold <service.core.runtime.Runtime.hold>`), else None."""
+
+    place: Place | None
 
     def on_model(self, served: ServedVersion) -> None:
         """The version that serves the request is known (label metrics, negotiate the answer);

@@ -4,7 +4,8 @@
 and serves pool requests through :meth:`Runtime.pool` without ever seeing an HTTP request: a
 front-end hands it a :class:`~service.core.calls.Caller`. It is the one place where
 
-- a request is admitted (:meth:`pool`: loaded, known, ready, then the batcher's queue);
+- a request is admitted (:meth:`pool`: loaded, known, ready, then the batcher's queue; a
+  front-end may admit it earlier, from its path and headers alone, :meth:`hold`);
 - a refused request is counted, by the error's type (:meth:`_rejected`, through
   ``service.errors.REJECTION_REASONS``);
 - readiness is decided (:meth:`problems`, :meth:`readiness`) and published
@@ -27,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.core.backend import OnnxBackend
-from service.core.batching import Arrays, Batcher, BatchLimits, BatchStats
+from service.core.batching import Arrays, Batcher, BatchLimits, BatchStats, Place
 from service.core.calls import Batch, Caller, PoolResult, Work
 from service.core.diagnostics import ItemDiagnostics, Summary, describe, summarise
 from service.core.models import ServedVersion, scan
@@ -36,6 +37,7 @@ from service.errors import (
     ClientGone,
     NotFound,
     NotReady,
+    Overloaded,
     ServiceError,
     Unauthorized,
     invalid,
@@ -279,17 +281,47 @@ class Runtime:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def authorize(self, authorization: str | None) -> None:
-        """``Authorization: Bearer <api_key>``, compared in constant time (no key: open)."""
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether ``Authorization`` is ``Bearer <api_key>``, compared in constant time (no
+        key: every request is)."""
         key = self.settings.api_key
         if key is None:
-            return
+            return True
         scheme, _, token = (authorization or "").partition(" ")
         expected = key.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected)
+
+    def authorize(self, authorization: str | None) -> None:
+        """Refuse (401, counted) a request that is not :meth:`authorized`."""
+        if not self.authorized(authorization):
             error = Unauthorized()
             self._rejected("", error)
             raise error
+
+    def hold(self, model: str, version: int | None) -> Place | Overloaded | None:
+        """Admit a pool request for ``model`` (``version``) before anything but its path and
+        headers is read: a :class:`Place` in its version's queue, or the refusal it gets now
+        because that queue is full (counted as :meth:`pool` counts it); None when the request
+        is for no ready version (:meth:`pool` answers it, with the error it deserves).
+
+        A front-end that can ask this early (the HTTP connection layer) hands the place to
+        :meth:`pool` through its caller, so that under overload a refusal costs next to nothing
+        and no request is admitted twice."""
+        if not self.loaded:
+            return None
+        try:
+            served = self.resolve(model, version)
+        except NotFound:
+            return None
+        if served.problem is not None or served.batcher is None:
+            return None
+        try:
+            return served.batcher.admit()
+        except Overloaded as error:
+            self._rejected(served.name, error)
+            return error
+        except ServiceError:
+            return None
 
     async def pool(self, model: str, version: int | None, caller: Caller) -> PoolResult:
         """Serve one pool request: resolve, admit, read, check, batch, check, diagnose."""
@@ -301,18 +333,21 @@ class Runtime:
             caller.on_model(served)
             if served.problem is not None or served.batcher is None:
                 raise NotReady(f"model {served.label} is not ready: {served.problem}")
-            served.batcher.admit()  # before the body is read: under overload, reading is the cost
-            m = self.metrics.model(served.name)
-            started = time.perf_counter()
-            work = await caller.read(served)
-            self._check(served, work.batch)
-            m.decode.observe(time.perf_counter() - started)
-            out = await served.batcher.submit(
-                work.batch.embeddings,
-                work.batch.attention_mask,
-                caller.is_disconnected,
-                wants_extra=work.diagnostics,
-            )
+            # Before the body is read (under overload, reading is the cost); the place is held
+            # while it is, and released if the request fails before it is queued.
+            with self._place(served, caller.place) as place:
+                m = self.metrics.model(served.name)
+                started = time.perf_counter()
+                work = await caller.read(served)
+                self._check(served, work.batch)
+                m.decode.observe(time.perf_counter() - started)
+                out = await served.batcher.submit(
+                    work.batch.embeddings,
+                    work.batch.attention_mask,
+                    caller.is_disconnected,
+                    wants_extra=work.diagnostics,
+                    place=place,
+                )
             bad = [i for i, ok in enumerate(out.finite.tolist()) if not ok]
             if bad:
                 raise invalid(
@@ -334,6 +369,17 @@ class Runtime:
         except asyncio.CancelledError:  # the caller's task was cancelled: its client is gone
             self._rejected(served.name if served else "", ClientGone())
             raise
+
+    @staticmethod
+    def _place(served: ServedVersion, given: Place | None) -> Place:
+        """The request's place in ``served``'s queue: the one :meth:`hold` gave it if that is
+        for this version, else one admitted now."""
+        assert served.batcher is not None
+        if given is not None:
+            if given.batcher is served.batcher and not given.released:
+                return given
+            given.release()
+        return served.batcher.admit()
 
     def _rejected(self, model: str, error: ServiceError) -> None:
         """The one place a refused request is counted (``adapool_rejected_requests_total``)."""

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from typing_extensions import override  # typing.override from 3.12
 
 from service.api.bodies import limits
+from service.core.batching import Place
 from service.core.calls import PoolResult, Work
 from service.core.models import ServedVersion
 from service.core.runtime import Runtime
@@ -57,6 +58,7 @@ class GrpcCaller:
         self.runtime = runtime
         self.raw = len(request.raw_input_contents) > 0
         self.outputs: list[str] = []
+        self.place: Place | None = None  # admitted by the core
 
     def on_model(self, served: ServedVersion) -> None:
         pass  # gRPC requests are counted by method (Servicer._call)

@@ -22,6 +22,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.requests import Request
 
+from service.api.admission import Target, place_of
 from service.api.bodies import OFFLOAD_BYTES, limits, read_body
 from service.api.deps import KEYED, OPEN, RuntimeDep
 from service.api.pool import PoolRoute
@@ -92,6 +93,7 @@ class V2Caller:
         self.request = request
         self.settings = runtime.settings
         self.is_disconnected = request.is_disconnected
+        self.place = place_of(request.scope)  # admitted by the connection layer, if it was
         self.parsed: tensors.InferRequest | None = None
 
     def on_model(self, served: ServedVersion) -> None:
@@ -166,14 +168,20 @@ infer_router = APIRouter(route_class=PoolRoute, tags=["v2"])
 router = APIRouter(tags=["v2"])
 
 
-async def infer(request: Request, version: str | None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    runtime.authorize(request.headers.get("authorization"))
-    name: str = request.path_params["name"]
+def infer_target(request: Request) -> Target:
+    """The model version an infer request is for, from its path (no query is taken)."""
     if request.scope.get("query_string"):
         raise invalid("query", "the v2 infer route takes no query parameters")
+    name: str = request.path_params["name"]
+    return name, version_of(request.path_params.get("version"))
+
+
+async def infer(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    runtime.authorize(request.headers.get("authorization"))
+    name, version = infer_target(request)
     caller = V2Caller(request, runtime)
-    result = await runtime.pool(name, version_of(version), caller)
+    result = await runtime.pool(name, version, caller)
     return encoded(result, caller.answer)
 
 
@@ -184,7 +192,7 @@ async def infer(request: Request, version: str | None) -> Response:
     summary="KServe v2 inference (the newest ready version)",
 )
 async def infer_latest(request: Request) -> Response:
-    return await infer(request, None)
+    return await infer(request)
 
 
 @infer_router.post(
@@ -194,7 +202,14 @@ async def infer_latest(request: Request) -> Response:
     summary="KServe v2 inference (one version)",
 )
 async def infer_version(request: Request) -> Response:
-    return await infer(request, request.path_params["version"])
+    return await infer(request)
+
+
+# Each infer route's target, by route template (the early refusal's, service.api.admission).
+TARGETS = {
+    "/v2/models/{name}/infer": infer_target,
+    "/v2/models/{name}/versions/{version}/infer": infer_target,
+}
 
 
 @router.get("/v2/health/live", dependencies=OPEN, responses=v2_errors(401), summary="v2 live")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.core.batching import (
+    HOLD_SECONDS,
     Arrays,
     Batcher,
     BatchLimits,
@@ -342,3 +343,67 @@ async def test_a_failed_run_of_one_instance_leaves_the_other_running() -> None:
 def test_instances_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(fake_model, LIMITS, instances=0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_place_counts_while_its_body_is_read_and_is_taken_when_it_is_queued() -> None:
+    """admit() holds a place that counts against the queue as a queued request does, until
+    submit takes it (a with-block frees it if the request fails first); check() holds none."""
+    clock = Clock()
+    batcher = Batcher(fake_model, BatchLimits(4, 10_000, 0.0, 2), clock=clock)  # not started
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+    batcher.check()
+    batcher.check()  # checking holds nothing
+    first, second = batcher.admit(), batcher.admit()
+    with pytest.raises(Overloaded):
+        batcher.check()  # two places held: the queue of 2 is full
+    with second:
+        pass  # the request failed before it was queued (bad body, client gone)
+    assert second.released and not second.counting
+    queued = asyncio.create_task(batcher.submit(x, mask, place=first))
+    await asyncio.sleep(0)
+    assert batcher.depth == 1 and first.released  # the place became a queued request
+    third = batcher.admit()  # one queued, one place: full again
+    with pytest.raises(Overloaded):
+        batcher.admit()
+    # a full queue does not refuse the request whose place it holds
+    also = asyncio.create_task(batcher.submit(x, mask, place=third))
+    await asyncio.sleep(0)
+    assert batcher.depth == 2 and not also.done()
+    with pytest.raises(Overloaded):
+        await batcher.submit(x, mask)  # but one without a place is checked
+    batcher.start()
+    await asyncio.gather(queued, also)
+    await batcher.close()
+
+
+async def test_a_place_stops_counting_after_hold_seconds_and_is_checked_again() -> None:
+    """A slow upload cannot hold the queue: after HOLD_SECONDS its place no longer counts, and
+    when it is submitted it is checked as a new request would be."""
+    clock = Clock()
+    batcher = Batcher(fake_model, BatchLimits(4, 10_000, 0.0, 1), clock=clock)
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+    slow = batcher.admit()
+    with pytest.raises(Overloaded):
+        batcher.check()
+    clock.now += HOLD_SECONDS / 2
+    with pytest.raises(Overloaded):
+        batcher.check()  # still young: it counts
+    clock.now += HOLD_SECONDS / 2 + 0.01
+    fast = batcher.admit()  # the slow one no longer counts
+    assert not slow.counting and not slow.released
+    queued = asyncio.create_task(batcher.submit(x, mask, place=fast))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):
+        await batcher.submit(x, mask, place=slow)  # checked again: the queue is full
+    assert slow.released
+    batcher.start()
+    await queued
+    await batcher.close()

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.core import runtime as runtime_module
+from service.core.batching import Place
 from service.core.calls import Batch, Work
 from service.core.models import ServedVersion
 from service.core.runtime import Runtime, threads_per_run
@@ -77,6 +78,7 @@ class Caller:
         self.work = Work(Batch(x, mask, np.asarray(lengths)), diagnostics, top_k=2)
         self.models: list[str] = []
         self.reads = 0
+        self.place: Place | None = None
 
     def on_model(self, served: ServedVersion) -> None:
         self.models.append(served.label)
@@ -189,6 +191,35 @@ async def test_a_full_queue_refuses_before_the_body_is_read(repository: Path) ->
         assert rejected(registry, "knn-avg", "queue_full") == 1
     finally:
         FakeBackend.gate.set()
+        await core.stop()
+
+
+async def test_hold_admits_at_the_head_and_pool_uses_that_place(repository: Path) -> None:
+    """hold(): a place for a ready version, the counted 429 once the queue is full, None for
+    what the front-end's full path must answer; pool() takes the place it was given instead of
+    admitting the request again, and frees one it does not use."""
+    core, registry = runtime(repository, max_queue_requests=2, model_instances=1)
+    assert core.hold("knn-avg", None) is None  # not loaded yet
+    await core.start()
+    try:
+        assert core.hold("no-such-model", None) is None
+        assert core.hold("knn-avg", 7) is None  # no such version
+        first, second = core.hold("knn-avg", None), core.hold("knn-avg", 1)
+        assert isinstance(first, Place) and isinstance(second, Place)
+        refused = core.hold("knn-avg", None)
+        assert isinstance(refused, Overloaded)
+        assert rejected(registry, "knn-avg", "queue_full") == 1
+        caller = Caller(tokens(1, 2))
+        caller.place = first
+        await core.pool("knn-avg", None, caller)  # with a full queue: its place is taken
+        assert first.released and caller.reads == 1
+        other = Caller(tokens(1, 2))
+        other.place = second  # a place in another model's queue is freed, not used
+        await core.pool("signature-adapool", None, other)
+        assert second.released
+        assert isinstance(core.hold("knn-avg", None), Place)
+        assert rejected(registry, "knn-avg", "queue_full") == 1
+    finally:
         await core.stop()
 
 
