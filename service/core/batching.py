@@ -431,15 +431,20 @@ class Batcher:
         return live, embeddings, mask
 
     async def _live(self, batch: list[Job]) -> list[Job]:
-        """Drop jobs whose caller gave up or whose client disconnected."""
+        """Drop jobs whose caller gave up or whose client disconnected. The clients are asked
+        all at once: a check may wait for one turn of the event loop (Starlette's does), and
+        one after the other a batch of 64 waited 64 turns, each behind every other
+        connection's work (under a 429 storm, a turn took about 10 ms)."""
+        waiting = [job for job in batch if not job.future.done()]
+        asked = [job for job in waiting if job.is_disconnected is not None]
+        answers = await asyncio.gather(
+            *(job.is_disconnected() for job in asked if job.is_disconnected)
+        )
+        gone = {id(job) for job, left in zip(asked, answers, strict=True) if left}
         live = []
-        for job in batch:
-            gone = job.future.done() or (
-                job.is_disconnected is not None and await job.is_disconnected()
-            )
-            if gone:
-                if not job.future.done():
-                    job.future.set_exception(ClientGone("the client left before its model run"))
+        for job in waiting:
+            if id(job) in gone:
+                job.future.set_exception(ClientGone("the client left before its model run"))
             else:
                 live.append(job)
         return live

@@ -407,3 +407,33 @@ async def test_a_place_stops_counting_after_hold_seconds_and_is_checked_again() 
     batcher.start()
     await queued
     await batcher.close()
+
+
+async def test_the_clients_of_a_batch_are_asked_at_once_whether_they_left() -> None:
+    """Each check may wait for a turn of the event loop: the batch's clients are asked all at
+    once, not one turn each (a check here returns only once all three have been asked)."""
+    asked = 0
+    everyone = asyncio.Event()
+
+    async def still_here() -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 3:
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), 2)  # asked one after the other: times out
+        return False
+
+    async def left() -> bool:
+        return True
+
+    batcher = Batcher(fake_model, BatchLimits(8, 10_000, 0.0, 8))
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+    jobs = [asyncio.create_task(batcher.submit(x, mask, check)) for check in (still_here,) * 3]
+    gone = asyncio.create_task(batcher.submit(x, mask, left))
+    await asyncio.sleep(0)
+    batcher.start()  # one batch of the four
+    results = await asyncio.gather(*jobs)
+    assert [len(r.arrays["pooled"]) for r in results] == [1, 1, 1]
+    with pytest.raises(ClientGone):
+        await gone
+    await batcher.close()
