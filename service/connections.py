@@ -48,8 +48,9 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from service.api.admission import PLACE, Answer, HeadAdmission
+from service.api.admission import Answer, HeadAdmission
 from service.api.errors import error_body
+from service.api.scope import LEFT, PLACE
 from service.core.batching import Place
 from service.errors import (
     BadRequest,
@@ -311,6 +312,9 @@ class GuardedProtocol(HttpToolsProtocol):
             if admitted is not None:  # the request's place in the queue, for the core
                 self.place = cast(dict[str, Any], self.scope)[PLACE] = admitted
             super().on_headers_complete()
+            cycle, transport = self.cycle, self.transport
+            scope = cast(dict[str, Any], self.scope)
+            scope[LEFT] = lambda: cycle.disconnected or transport.is_closing()
             if last:
                 self.cycle.keep_alive = False  # Connection: close on its answer
         self.body_started, self.body_bytes = time.monotonic(), 0

@@ -15,7 +15,7 @@ So the connection layer (:class:`service.connections.GuardedProtocol`) asks
 - an :class:`Answer`, the 429 the app would give (the same body, headers, request id and
   counters): the connection writes it itself and drops the request's body as it arrives;
 - a :class:`~service.core.batching.Place` in the version's queue: the request goes to the app
-  as usual, the place in its ASGI scope (:func:`place_of`), and the core uses it instead of
+  as usual, the place in its ASGI scope (:mod:`service.api.scope`), and the core uses it instead of
   admitting the request again (:meth:`Runtime.hold <service.core.runtime.Runtime.hold>`);
 - None: the app decides everything, as it always has. That is every request but a POST to a
   pool or infer route that is authorized, whose target (the route's own function,
@@ -29,7 +29,7 @@ are bad gets 429, not the error it would get once admitted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,14 +48,6 @@ AUTHORIZATION = b"authorization"
 # The model version a request of a pool or infer route is for (name, and version or None for
 # the newest ready one), from its path and query alone; raises ServiceError for a bad one.
 Target = tuple[str, int | None]
-# Where the request's place goes in its ASGI scope.
-PLACE = "adapool.place"
-
-
-def place_of(scope: MutableMapping[str, Any]) -> Place | None:
-    """The place admitted for the request of ``scope`` at its head, if it was."""
-    place = scope.get(PLACE)
-    return place if isinstance(place, Place) else None
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
-from service.api.admission import Target, place_of
+from service.api.admission import Target
 from service.api.answers import encode
 from service.api.bodies import Decoders, read_body
 from service.api.errors import request_id_of
 from service.api.negotiation import JSON, negotiate
 from service.api.options import Options, parse_options
 from service.api.schemas import POOL_NAMED_OPENAPI, POOL_OPENAPI, POOL_RESPONSES, PoolResponse
+from service.api.scope import left_of, place_of
+from service.core.batching import LeftFn
 from service.core.calls import Work
 from service.core.models import ServedVersion
 from service.core.runtime import Runtime
@@ -78,7 +80,8 @@ class HttpCaller:
         self.query = query
         self.media = JSON
         self.options = Options()
-        self.is_disconnected = request.is_disconnected  # checked before the model run
+        # checked before the model run: from the connection layer at once, if it tells
+        self.is_disconnected: LeftFn = left_of(request.scope) or request.is_disconnected
         self.place = place_of(request.scope)  # admitted by the connection layer, if it was
 
     def on_model(self, served: ServedVersion) -> None:

@@ -48,6 +48,9 @@ class Outputs:
 
 RunFn = Callable[[NDArray[np.float32], NDArray[np.bool_]], Arrays]
 ExtraFn = Callable[[Arrays, NDArray[np.bool_]], Rows]  # (outputs, mask) -> rows
+# Whether a job's client has left: at once (a front-end that knows its connection's state), or
+# a coroutine (which may wait for a turn of the event loop, as Starlette's check does).
+LeftFn = Callable[[], bool | Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Job:
     attention_mask: NDArray[np.bool_]  # (b, n)
     enqueued: float
     future: asyncio.Future[Outputs] = field(repr=False)
-    is_disconnected: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+    is_disconnected: LeftFn | None = field(default=None, repr=False)
     wants_extra: bool = False  # this request needs the batch's extra result
 
     @property
@@ -349,7 +352,7 @@ class Batcher:
         self,
         embeddings: NDArray[np.float32],
         attention_mask: NDArray[np.bool_],
-        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        is_disconnected: LeftFn | None = None,
         wants_extra: bool = False,
         place: Place | None = None,
     ) -> Outputs:
@@ -431,16 +434,25 @@ class Batcher:
         return live, embeddings, mask
 
     async def _live(self, batch: list[Job]) -> list[Job]:
-        """Drop jobs whose caller gave up or whose client disconnected. The clients are asked
-        all at once: a check may wait for one turn of the event loop (Starlette's does), and
-        one after the other a batch of 64 waited 64 turns, each behind every other
-        connection's work (under a 429 storm, a turn took about 10 ms)."""
+        """Drop jobs whose caller gave up or whose client disconnected. The clients whose
+        check is a coroutine are asked all at once: it may wait for one turn of the event loop
+        (Starlette's does), and one after the other a batch of 64 waited 64 turns, each behind
+        every other connection's work (under a 429 storm, a turn took about 10 ms)."""
         waiting = [job for job in batch if not job.future.done()]
-        asked = [job for job in waiting if job.is_disconnected is not None]
-        answers = await asyncio.gather(
-            *(job.is_disconnected() for job in asked if job.is_disconnected)
-        )
-        gone = {id(job) for job, left in zip(asked, answers, strict=True) if left}
+        gone: set[int] = set()
+        asked: list[tuple[Job, Awaitable[bool]]] = []
+        for job in waiting:
+            if job.is_disconnected is None:
+                continue
+            answer = job.is_disconnected()
+            if isinstance(answer, bool):
+                if answer:
+                    gone.add(id(job))
+            else:
+                asked.append((job, answer))
+        if asked:
+            answers = await asyncio.gather(*(answer for _, answer in asked))
+            gone.update(id(job) for (job, _), left in zip(asked, answers, strict=True) if left)
         live = []
         for job in waiting:
             if id(job) in gone:

@@ -8,7 +8,7 @@ runs. ``read`` returns the decoded :class:`Work`; the core answers with a :class
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,7 +63,7 @@ class Caller(Protocol):
         """Read and decode the request (raises ServiceError for bad input)."""
         ...
 
-    async def is_disconnected(self) -> bool:
+    def is_disconnected(self) -> bool | Awaitable[bool]:
         """Whether the client has left (checked before its model run)."""
         ...
 

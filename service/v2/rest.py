@@ -22,10 +22,12 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.requests import Request
 
-from service.api.admission import Target, place_of
+from service.api.admission import Target
 from service.api.bodies import OFFLOAD_BYTES, limits, read_body
 from service.api.deps import KEYED, OPEN, RuntimeDep
 from service.api.pool import PoolRoute
+from service.api.scope import left_of, place_of
+from service.core.batching import LeftFn
 from service.core.calls import PoolResult, Work
 from service.core.models import ServedVersion
 from service.core.runtime import Runtime
@@ -92,7 +94,8 @@ class V2Caller:
     def __init__(self, request: Request, runtime: Runtime) -> None:
         self.request = request
         self.settings = runtime.settings
-        self.is_disconnected = request.is_disconnected
+        # checked before the model run: from the connection layer at once, if it tells
+        self.is_disconnected: LeftFn = left_of(request.scope) or request.is_disconnected
         self.place = place_of(request.scope)  # admitted by the connection layer, if it was
         self.parsed: tensors.InferRequest | None = None
 

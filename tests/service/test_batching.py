@@ -437,3 +437,42 @@ async def test_the_clients_of_a_batch_are_asked_at_once_whether_they_left() -> N
     with pytest.raises(ClientGone):
         await gone
     await batcher.close()
+
+
+async def test_a_check_that_answers_at_once_costs_no_turn_of_the_event_loop() -> None:
+    """A front-end that knows its connection's state answers without a coroutine: the batch is
+    prepared in the same turn (a coroutine check is still awaited, with the others at once)."""
+    turns = 0
+    batcher = Batcher(fake_model, BatchLimits(8, 10_000, 0.0, 8))
+    x, mask = np.ones((1, 2, 2), dtype=np.float32), np.ones((1, 2), dtype=bool)
+
+    async def coroutine_check() -> bool:
+        await asyncio.sleep(0)
+        return True
+
+    jobs = [
+        batcher.submit(x, mask, lambda: False),
+        batcher.submit(x, mask, lambda: True),
+        batcher.submit(x, mask, coroutine_check),
+    ]
+    tasks = [asyncio.create_task(job) for job in jobs]
+    await asyncio.sleep(0)
+    live_jobs = list(batcher._pending)
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    sync_only = await batcher._live(live_jobs[:2])
+    assert turns == 0 and len(sync_only) == 1  # no turn passed for the two at-once checks
+    assert await batcher._live(live_jobs[2:]) == []  # the coroutine one left
+    counter.cancel()
+    batcher.start()
+    assert len((await tasks[0]).arrays["pooled"]) == 1
+    for gone in tasks[1:]:
+        with pytest.raises(ClientGone):
+            await gone
+    await batcher.close()
