@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-serve run test lint format lock clean reproduce signature digits models verify bench \
-	hostile bench-storm bench-memory bench-instances attention compare wheelhouse image base-image
+	hostile bench-storm bench-probe bench-memory bench-instances attention compare wheelhouse image base-image
 
 PRESET ?= cpu
 
@@ -63,6 +63,9 @@ hostile: setup  ## hostile clients (huge header, 20,000 silent connections, slow
 
 bench-storm: setup  ## a 429 storm (hey, 64 in flight, queue 8) with admission at the request head and without (needs hey)
 	$(BIN)/python -m bench.storm --out results/bench/storm.json $(ARGS)
+
+bench-probe: setup  ## how often the start-up batch policy's choice changes: 20 probes per model, both rules
+	$(BIN)/python -m bench.probe --out results/bench/probe.json $(ARGS)
 
 bench-memory: setup  ## RSS and ms per model run against tokens and batch, the probe, arena options (ARGS="--baseline DIR")
 	$(BIN)/python -m bench.memory $(ARGS)

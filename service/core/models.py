@@ -73,6 +73,7 @@ class BatchPolicyInfo(BaseModel):
     probe_tokens: int = Field(description="the token length the curve was measured at")
     curve: list[CurvePoint] = Field(description="items/s by batch size, as measured")
     runs_at_once: int = Field(description="the curve's runs in flight together (instances)")
+    rounds: int = Field(description="the probe's rounds over every size (0: not measured)")
 
     @classmethod
     def of(cls, policy: BatchPolicy) -> BatchPolicyInfo:
@@ -83,6 +84,7 @@ class BatchPolicyInfo(BaseModel):
             probe_tokens=policy.probe_tokens,
             curve=[CurvePoint(batch=b, items_per_second=round(v, 1)) for b, v in policy.curve],
             runs_at_once=policy.runs_at_once,
+            rounds=policy.rounds,
         )
 
 

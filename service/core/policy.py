@@ -4,8 +4,8 @@ A model's throughput (items per second) depends on the batch: it rises while a b
 amortises the run's fixed costs, then, for wide models, falls again when a batch no longer fits
 the caches (raw ONNX Runtime on a 384-dim model ran 2,790 items/s at batch 8 and 1,962 at 64 on
 the development machine). :func:`measure` times the model at start-up over batch sizes 1, 2,
-4, ... at one token length. When its items/s fall at the largest batch by more than
-``tolerance`` from the best, it prefers the largest batch within ``tolerance`` of the best: the
+4, ... at one token length. When smaller batches beat the largest by more than ``tolerance``,
+it prefers the largest of them within ``tolerance`` of the best: the
 batcher then closes a run at that many padded tokens (``preferred_tokens``), and a deep queue
 becomes several such runs instead of one of ``max_batch_size``. A model whose curve is flat or
 keeps rising (the small ones) prefers nothing and batches up to the caps, as before.
@@ -19,21 +19,25 @@ ONNX Runtime in the same run had 1,821 / 1,842 / 2,029 / 1,633: the server keeps
 rising side and not its fall. A preference only matters when the queue is deep, and then the
 wait is the queue's, not the run's: a smaller run buys no latency there.
 
-A preference is only taken when the measurement agrees with itself: at least
-:data:`MIN_ROUNDS` rounds over every size, and the fall at the largest batch seen in each
-round on its own, not only in the fastest runs. On a machine whose other work comes and goes,
-a single round can show any shape (one start-up under a load average of 4 on 2 cores measured
-132 items/s at batch 1 and 1,993 at batch 2 for the default model): then the rounds disagree,
-and the model batches up to the caps, which is what it did before there was a policy. A wrongly
-preferred small batch costs more (the default model's batches of 64 run at 1.3x the items/s of
-batches of 8, and every run has its own fixed costs in the server) than a missed one (the 7% by
-which the wide benchmark model's curve falls at 64: BENCHMARKS.md).
+A preference is only taken when every round of the measurement shows it. The probe takes at
+least :data:`MIN_ROUNDS` rounds over every size, and a round times all sizes within a second
+or so, under whatever else the machine does then; so sizes are compared round by round
+(:func:`decide`): a batch must beat the largest batch by more than ``tolerance`` in every
+round. On a machine whose other work comes and goes, a single round can show any shape (one
+start-up under a load average of 4 on 2 cores measured 132 items/s at batch 1 and 1,993 at
+batch 2 for the default model): then the rounds disagree, and the model batches up to the
+caps, which is what it did before there was a policy. A wrongly preferred small batch costs
+more (the default model's batches of 64 run at 1.3x the items/s of batches of 8, and every run
+has its own fixed costs in the server) than a missed one (the 7% by which the wide benchmark
+model's curve falls at 64: BENCHMARKS.md). ``make bench-probe`` measures how often the choice
+changes from one start to the next.
 
 The choice can be pinned (settings, or the manifest's ``serving.preferred_batch_tokens``).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +51,7 @@ TOLERANCE = 0.05  # the largest batch within 5% of the best items/s
 RUNS = 3  # per batch size and round
 MIN_ROUNDS = 3  # rounds over every size, whatever the budget
 Source = Literal["measured", "settings", "manifest", "off"]
+Curve = list[tuple[int, float]]  # (batch, items/s)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class BatchPolicy:
     probe_tokens: int = 0  # the token length the curve was measured at
     curve: tuple[tuple[int, float], ...] = field(default=())  # (batch, items/s)
     runs_at_once: int = 1  # the curve's runs in flight together (the model's instances)
+    rounds: int = 0  # the probe's rounds over every size
 
     @property
     def preferred_items(self) -> int | None:
@@ -67,22 +73,7 @@ class BatchPolicy:
         return max(1, self.preferred_tokens // self.probe_tokens)
 
 
-def choose(curve: list[tuple[int, float]], tolerance: float = TOLERANCE) -> int | None:
-    """The batch to prefer, or None for the caps alone.
-
-    When the largest batch measured is within ``tolerance`` of the best items/s, the curve is
-    flat or still rising: nothing is gained by stopping short, and the model batches as before
-    (None). When it falls further, the largest batch within ``tolerance`` of the best (fewer
-    runs for the server's per-run costs: see the module's docstring).
-    """
-    best = max(ips for _, ips in curve)
-    largest = max(curve)[1]
-    if largest >= (1 - tolerance) * best:
-        return None
-    return max(b for b, ips in curve if ips >= (1 - tolerance) * best)
-
-
-def measure(
+def probe(
     run: Callable[[NDArray[np.float32], NDArray[np.bool_]], object],
     input_dim: int,
     max_items: int,
@@ -91,18 +82,17 @@ def measure(
     budget_seconds: float,
     clock: Callable[[], float] = time.perf_counter,
     instances: int = 1,
-) -> BatchPolicy:
+) -> list[Curve]:
     """Time ``run`` on batches of 1, 2, 4, ... items of ``tokens`` tokens (within ``max_items``
-    items and ``max_tokens`` padded tokens) and return the policy.
+    items and ``max_tokens`` padded tokens): one curve per round, (batch, items/s) for every
+    size, each size's fastest of :data:`RUNS` runs.
 
-    Rounds over every size, :data:`RUNS` runs each, repeat while ``budget_seconds`` last (at
-    least :data:`MIN_ROUNDS` rounds); each size keeps its fastest run, the estimate that other
-    work on the machine disturbs least. A batch is preferred only when every round on its own
-    would prefer one too (see the module's docstring). With ``instances`` above one, each timed
-    run is that many runs at once, from threads of their own, as a loaded server runs them: a
-    run on a share of the cores has a curve of its own (on the 2-core development machine, one
-    thread per run, the wide benchmark model peaked at 4 items and the default model kept
-    rising to 64, where one run on both cores had peaked at 8 and 64).
+    Rounds repeat while ``budget_seconds`` last, :data:`MIN_ROUNDS` at least. With
+    ``instances`` above one, each timed run is that many runs at once, from threads of their
+    own, as a loaded server runs them: a run on a share of the cores has a curve of its own (on
+    the 2-core development machine, one thread per run, the wide benchmark model peaked at 4
+    items and the default model kept rising to 64, where one run on both cores had peaked at 8
+    and 64).
     """
     sizes = [1 << i for i in range(16) if (1 << i) <= max_items and (1 << i) * tokens <= max_tokens]
     rng = np.random.default_rng(0)
@@ -126,7 +116,7 @@ def measure(
 
         for x, mask in inputs.values():
             timed(x, mask)  # the first run of a shape allocates
-        rounds: list[list[tuple[int, float]]] = []  # each round's curve: (batch, items/s)
+        rounds: list[Curve] = []
         deadline = clock() + budget_seconds
         while len(rounds) < MIN_ROUNDS or clock() < deadline:
             curve = []
@@ -134,15 +124,49 @@ def measure(
                 seconds = min(timed(x, mask) for _ in range(RUNS))
                 curve.append((batch, instances * batch / seconds))
             rounds.append(curve)
-    # Each size's fastest run over all rounds: other work only ever slows a run down.
-    curve = [(b, max(r[i][1] for r in rounds)) for i, b in enumerate(sizes)]
-    preferred = None
-    if len(curve) > 1 and all(choose(r) is not None for r in rounds):
-        preferred = choose(curve)
+    return rounds
+
+
+def decide(rounds: list[Curve], tolerance: float = TOLERANCE) -> int | None:
+    """The batch to prefer from the probe's rounds, or None for the caps alone.
+
+    A round times every size within a second or so, under whatever else the machine is doing
+    then, so the sizes are compared round by round: a batch is a candidate only if it beats the
+    largest batch by more than ``tolerance`` in every round. Of the candidates, the largest
+    whose median items/s over the rounds is within ``tolerance`` of the best candidate's (fewer
+    runs for the server's per-run costs: see the module's docstring). No candidate (a flat or
+    rising curve, or rounds that disagree): None.
+    """
+    sizes = [b for b, _ in rounds[0]]
+    last = len(sizes) - 1
+    ahead = [i for i in range(last) if all(r[i][1] * (1 - tolerance) > r[last][1] for r in rounds)]
+    if not ahead:
+        return None
+    median = [statistics.median(r[i][1] for r in rounds) for i in range(len(sizes))]
+    best = max(median[i] for i in ahead)
+    return max(sizes[i] for i in ahead if median[i] >= (1 - tolerance) * best)
+
+
+def measure(
+    run: Callable[[NDArray[np.float32], NDArray[np.bool_]], object],
+    input_dim: int,
+    max_items: int,
+    max_tokens: int,
+    tokens: int,
+    budget_seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+    instances: int = 1,
+) -> BatchPolicy:
+    """:func:`probe` the model, :func:`decide` from its rounds, and return the policy; its
+    curve is each size's fastest run over all rounds (other work only ever slows a run down)."""
+    rounds = probe(run, input_dim, max_items, max_tokens, tokens, budget_seconds, clock, instances)
+    curve = [(b, max(r[i][1] for r in rounds)) for i, (b, _) in enumerate(rounds[0])]
+    preferred = decide(rounds)
     return BatchPolicy(
         "measured",
         preferred * tokens if preferred is not None else None,
         tokens,
         tuple(curve),
         instances,
+        len(rounds),
     )

@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.core.batching import Batcher, BatchLimits
-from service.core.policy import choose, measure
+from service.core.policy import decide, measure
 from service.settings import Settings
 from tests.service.server import REPOSITORY, STARTUP_SECONDS
 from tests.service.test_batching import fake_model, job
@@ -25,12 +25,31 @@ from tests.service.test_batching import fake_model, job
 
 def test_a_falling_curve_prefers_its_largest_batch_near_the_best() -> None:
     wide = [(1, 900.0), (2, 1500.0), (4, 2300.0), (8, 2790.0), (16, 2700.0), (64, 1962.0)]
-    assert choose(wide) == 16  # 2,700 is within 5% of 2,790: fewer runs for the same items/s
-    assert choose(wide, tolerance=0.01) == 8  # within 1%: only the best itself
+    assert decide([wide]) == 16  # 2,700 is within 5% of 2,790: fewer runs for the same items/s
+    assert decide([wide], tolerance=0.01) == 8  # within 1%: only the best itself
     # a peak with smaller batches near it: the largest of those within 5%, not the smallest
-    assert choose([(4, 2700.0), (8, 2790.0), (16, 2600.0), (32, 2000.0)]) == 8
-    assert choose([(1, 10.0), (8, 100.0), (64, 97.0)]) is None  # flat within 5%: the caps
-    assert choose([(1, 10.0), (8, 50.0), (64, 100.0)]) is None  # still rising: the caps
+    assert decide([[(4, 2700.0), (8, 2790.0), (16, 2600.0), (32, 2000.0)]]) == 8
+    assert decide([[(1, 10.0), (8, 100.0), (64, 97.0)]]) is None  # flat within 5%: the caps
+    assert decide([[(1, 10.0), (8, 50.0), (64, 100.0)]]) is None  # still rising: the caps
+    assert decide([[(8, 100.0)]]) is None  # one size: nothing to choose
+
+
+def test_sizes_are_compared_round_by_round() -> None:
+    """Each round's sizes are timed together, under the same load: a batch is preferred only
+    if it beats the largest in every round, and the choice comes from the medians."""
+    steady = [(8, 1000.0), (16, 980.0), (64, 900.0)]
+    assert decide([steady, steady, steady]) == 16
+    # a round slowed as a whole (other work on the machine) still shows the same shape
+    slowed = [(b, ips / 3) for b, ips in steady]
+    assert decide([steady, slowed, steady]) == 16
+    # one round whose batch 16 did not beat the largest: only 8 beat it in every round
+    assert decide([steady, [(8, 1000.0), (16, 910.0), (64, 900.0)], steady]) == 8
+    # each size's fastest run would show a fall here (8: 1,000 and 64: 900), yet no round on
+    # its own does: the rounds disagree, and the model batches up to the caps
+    assert decide([[(8, 1000.0), (64, 990.0)], [(8, 910.0), (64, 900.0)]]) is None
+    # the median, not the fastest run: one lucky run of 8 does not outweigh 16
+    lucky = [(8, 1200.0), (16, 980.0), (64, 900.0)]
+    assert decide([steady, lucky, steady]) == 16
 
 
 def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
@@ -51,7 +70,7 @@ def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
         now[0] += cost
 
     policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.05, clock=clock)
-    assert [b for b, _ in policy.curve] == [1, 2, 4, 8, 16, 32, 64]
+    assert [b for b, _ in policy.curve] == [1, 2, 4, 8, 16, 32, 64] and policy.rounds >= 3
     assert policy.preferred_tokens == 8 * 32 and policy.preferred_items == 8
     assert policy.curve[3][1] == pytest.approx(8 / 0.0018)
     assert calls.count(64) >= 1 + 3 * 3  # a warm-up run, then 3 per round, at least 3 rounds
@@ -97,8 +116,9 @@ def test_rounds_that_disagree_prefer_nothing() -> None:
 
     policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.0, clock=lambda: now[0])
     assert policy.preferred_tokens is None and policy.source == "measured"
+    assert policy.rounds == 3
     # the fastest runs alone still show the fall: it is the disagreement that decides
-    assert choose(list(policy.curve)) == 8
+    assert decide([list(policy.curve)]) == 8
 
 
 def test_a_deep_queue_runs_in_batches_of_the_preferred_size() -> None:
@@ -180,4 +200,5 @@ async def test_pins_and_what_info_says(anyio_backend: str, tmp_path: Path) -> No
         "probe_tokens": 0,
         "curve": [],
         "runs_at_once": 1,
+        "rounds": 0,
     }
