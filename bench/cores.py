@@ -20,9 +20,10 @@ T = TypeVar("T")
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def threads(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each live thread of ``pid``, by thread id."""
-    out: dict[int, float] = {}
+def threads(pid: int) -> dict[int, tuple[str, float]]:
+    """The name and CPU seconds (user + system) of each live thread of ``pid``, by thread id
+    (the server names its decoding threads ``decode_N``: ``service/threads.py``)."""
+    out: dict[int, tuple[str, float]] = {}
     tasks = Path(f"/proc/{pid}/task")
     if not tasks.is_dir():
         return out
@@ -31,8 +32,9 @@ def threads(pid: int) -> dict[int, float]:
             stat = (task / "stat").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICK
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
     return out
 
 
@@ -43,7 +45,8 @@ def children_seconds() -> float:
 
 def split(pid: int, generate: Callable[[], T]) -> tuple[T, dict[str, float] | None]:
     """Run ``generate`` (which starts a load generator and waits for it) and say how many cores
-    each part used meanwhile: ``loop`` (the server's main thread: event loop, HTTP, decoding),
+    each part used meanwhile: ``loop`` (the server's main thread: event loop, HTTP, small
+    bodies' decoding), ``decoders`` (its ``decode_N`` threads: large bodies' decoding),
     ``model`` (its other threads: the model's runs and ONNX Runtime's pool), ``load_generator``
     and ``idle`` (what remained of the machine's cores), with ``wall_seconds``."""
     before, children, started = threads(pid), children_seconds(), time.perf_counter()
@@ -52,14 +55,16 @@ def split(pid: int, generate: Callable[[], T]) -> tuple[T, dict[str, float] | No
     after, children = threads(pid), children_seconds() - children
     if not after:
         return result, None
-    used = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
-    loop = used.pop(pid, 0.0)
-    model = sum(used.values())
+    used = {tid: (name, s - before.get(tid, ("", 0.0))[1]) for tid, (name, s) in after.items()}
+    loop = used.pop(pid, ("", 0.0))[1]
+    decoders = sum(s for name, s in used.values() if name.startswith("decode"))
+    model = sum(s for name, s in used.values() if not name.startswith("decode"))
     cores = float(os.cpu_count() or 1)
     return result, {
         "wall_seconds": wall,
         "loop": loop / wall,
+        "decoders": decoders / wall,
         "model": model / wall,
         "load_generator": children / wall,
-        "idle": max(0.0, cores - (loop + model + children) / wall),
+        "idle": max(0.0, cores - (loop + decoders + model + children) / wall),
     }

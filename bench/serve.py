@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import shlex
@@ -396,7 +397,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"npy at c=32 >= 0.8x the bound the cores left ({model}), for the record",
             cell["items_per_second"] / limit,
             0.8,
-            f"the event loop and hey used {cell['cores']['loop']:.2f} + "
+            f"the event loop, the decoding threads and hey used {cell['cores']['loop']:.2f} + "
+            f"{cell['cores'].get('decoders', 0.0):.2f} + "
             f"{cell['cores']['load_generator']:.2f} cores: the bound is "
             f"{limit / best['items_per_second']:.2f}x raw ONNX Runtime's best",
         )
@@ -461,12 +463,14 @@ def raw_label(cell: dict[str, float]) -> str:
 
 
 def core_bound(results: dict[str, Any], model: str, cell: dict[str, Any]) -> float | None:
-    """The items/s the model could reach on the cores that the event loop and the load generator
-    left it in ``cell``, at raw ONNX Runtime's CPU per item at its best batch."""
+    """The items/s the model could reach on the cores that the event loop, the decoding threads
+    and the load generator left it in ``cell``, at raw ONNX Runtime's CPU per item at its best
+    batch."""
     best, split = raw_best(results, model), cell.get("cores")
     if not best or not split or not best.get("cpu_ms_per_item"):
         return None
-    left = float(results["machine"]["cores"]) - split["loop"] - split["load_generator"]
+    taken = split["loop"] + split.get("decoders", 0.0) + split["load_generator"]
+    left = float(results["machine"]["cores"]) - taken
     return float(1000 * left / best["cpu_ms_per_item"])
 
 
@@ -492,6 +496,18 @@ def pinned_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def raw_at(results: dict[str, Any], model: str, items: float) -> dict[str, float] | None:
+    """Raw ONNX Runtime's cell nearest to runs of ``items`` items, with as many runs at once as
+    the service's instances (one run at a time if the run measured no others)."""
+    kind = "raw_onnxruntime_instances" if results.get("raw_onnxruntime_instances") else ""
+    cells: list[dict[str, float]] = list(
+        results.get(kind or "raw_onnxruntime", {}).get(model, {}).values()
+    )
+    if not cells or items <= 0:
+        return None
+    return min(cells, key=lambda c: abs(math.log(c["batch"] / items)))
+
+
 def cores_table(results: dict[str, Any]) -> list[str]:
     """Where the cores went during each model's .npy [8] c=32 cell."""
     rows = []
@@ -503,11 +519,14 @@ def cores_table(results: dict[str, Any]) -> list[str]:
             continue
         split = cell["cores"]
         served_cpu = 1000 * split["model"] / cell["items_per_second"]
+        same = raw_at(results, model, cell["mean_batch_items"])
+        same_text = f"{same['cpu_ms_per_item']:.2f} ({raw_label(same)})" if same else ""
         rows.append(
             f"| {model} | {cell['items_per_second']:,.0f} | {split['loop']:.2f} | "
-            f"{split['model']:.2f} | {split['load_generator']:.2f} | {split['idle']:.2f} | "
-            f"{served_cpu:.2f} | {best['cpu_ms_per_item']:.2f} ({raw_label(best)}) | "
-            f"{bound:,.0f} | {cell['items_per_second'] / bound:.2f}x | "
+            f"{split.get('decoders', 0.0):.2f} | {split['model']:.2f} | "
+            f"{split['load_generator']:.2f} | {split['idle']:.2f} | "
+            f"{served_cpu:.2f} | {same_text} | {best['cpu_ms_per_item']:.2f} "
+            f"({raw_label(best)}) | {bound:,.0f} | {cell['items_per_second'] / bound:.2f}x | "
             f"{bound / best['items_per_second']:.2f}x |"
         )
     if not rows:
@@ -516,12 +535,14 @@ def cores_table(results: dict[str, Any]) -> list[str]:
         "",
         f"Where the {results['machine']['cores']} cores went, [{ITEMS}, {TOKENS}, D] .npy at "
         "concurrency 32 (the default server; cores = CPU seconds per second, from /proc and "
-        "hey's rusage). *Bound*: the items/s the model could reach on the cores that the event "
-        "loop and hey left, at raw ONNX Runtime's CPU per item at its best batch:",
+        "hey's rusage; decoding threads: the server's `decode_N` threads, which decode large "
+        "bodies). *Bound*: the items/s the model could reach on the cores that the event loop, "
+        "the decoding threads and hey left, at raw ONNX Runtime's CPU per item at its best batch:",
         "",
-        "| model | items/s | event loop | model threads | hey | idle | model CPU ms per item "
-        "| raw: CPU ms per item | bound items/s | served / bound | bound / raw best |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | items/s | event loop | decoding threads | model threads | hey | idle "
+        "| model CPU ms per item | raw at the server's run size: CPU ms per item "
+        "| raw at its best: CPU ms per item | bound items/s | served / bound | bound / raw best |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
 

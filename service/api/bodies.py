@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
@@ -20,7 +21,9 @@ from service.codecs.json_body import decode_json_and_trim
 from service.core.calls import Batch
 from service.errors import ClientGone, NotReady, PayloadTooLarge, UnsupportedMediaType, invalid
 from service.settings import Settings
+from service.threads import named_executor
 
+T = TypeVar("T")
 RAW = "application/octet-stream"
 OFFLOAD_BYTES = 256 * 1024  # bodies larger than this are decoded off the event loop
 PROCESS_VALUES = 65_536  # JSON bodies with more values go to a worker process
@@ -60,6 +63,13 @@ class Decoders:
         self.settings = settings
         self.limits = limits(settings)
         self._pool: ProcessPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None  # decode_0, ...: large binary bodies
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of the decoders' threads (started on first use)."""
+        if self._threads is None:
+            self._threads = named_executor(None, "decode")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     async def decode(
         self, body: bytes, headers: Headers, query: dict[str, str]
@@ -69,7 +79,7 @@ class Decoders:
         if content_type != JSON or len(body) <= OFFLOAD_BYTES:
             if len(body) <= OFFLOAD_BYTES:
                 return decode_body(body, headers, query, self.limits)
-            return await asyncio.to_thread(decode_body, body, headers, query, self.limits)
+            return await self.in_thread(decode_body, body, headers, query, self.limits)
         values = body.count(b",") + 1  # each value but the last of a list is followed by one
         if values > s.max_json_values:
             raise PayloadTooLarge(
@@ -78,7 +88,7 @@ class Decoders:
                 {"field": "body", "limit": s.max_json_values},
             )
         if values <= PROCESS_VALUES or s.json_decode_processes == 0:
-            return await asyncio.to_thread(decode_body, body, headers, query, self.limits)
+            return await self.in_thread(decode_body, body, headers, query, self.limits)
         check_no_lengths(headers, query)
         try:
             loop = asyncio.get_running_loop()
@@ -104,10 +114,13 @@ class Decoders:
             self._pool = None
 
     async def stop(self) -> None:
-        """Stop the workers and wait for them to exit (at shutdown)."""
+        """Stop the workers and threads and wait for them to exit (at shutdown)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            await asyncio.to_thread(threads.shutdown, wait=True, cancel_futures=True)
 
 
 def _leave_signals_to_the_server() -> None:

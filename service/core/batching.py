@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import ClientGone, InferenceFailed, NotReady, Overloaded
+from service.threads import named_executor
 
 
 class Rows(Protocol):
@@ -268,7 +268,7 @@ class Batcher:
         self._counted = 0  # of them, those that count against max_queue
         self._wake = asyncio.Event()
         self.instances = instances
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="onnx")
+        self._executor = named_executor(instances, "onnx")  # onnx_0, ...: the model's runs
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 

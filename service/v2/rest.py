@@ -9,7 +9,6 @@ the same admission (429 with Retry-After), limits, batcher, API key, request ids
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import re
 import time
@@ -23,7 +22,7 @@ from fastapi.responses import Response
 from starlette.requests import Request
 
 from service.api.admission import Target
-from service.api.bodies import OFFLOAD_BYTES, limits, read_body
+from service.api.bodies import OFFLOAD_BYTES, Decoders, limits, read_body
 from service.api.deps import KEYED, OPEN, RuntimeDep
 from service.api.pool import PoolRoute
 from service.api.scope import left_of, place_of
@@ -108,7 +107,8 @@ class V2Caller:
         body = tensors.decompress(body, headers.get("content-encoding"), s.max_body_bytes)
         args = (body, headers.get(HEADER_LENGTH), limits(s), s.max_json_values)
         if len(body) > OFFLOAD_BYTES:
-            parsed = await asyncio.to_thread(tensors.parse_request, *args)
+            decoders: Decoders = self.request.app.state.decoders
+            parsed = await decoders.in_thread(tensors.parse_request, *args)
         else:
             parsed = tensors.parse_request(*args)
         assert served.manifest is not None

@@ -193,7 +193,8 @@ def test_the_bound_the_cores_leave_and_the_pinned_run_sizes() -> None:
 
 
 def test_cores_split_reads_threads_and_the_load_generator() -> None:
-    """bench.cores on this process: work in a second thread counts as the model's, a child
+    """bench.cores on this process: work in a second thread counts as the model's, in a thread
+    of the server's decoders (named for the OS: service.threads) as the decoders', a child
     process's as the load generator's, and the main thread's as the event loop's."""
     import os
     import subprocess
@@ -201,6 +202,7 @@ def test_cores_split_reads_threads_and_the_load_generator() -> None:
     import threading
 
     from bench import cores
+    from service.threads import named_executor
 
     if not cores.threads(os.getpid()):
         pytest.skip("no /proc here")
@@ -218,10 +220,12 @@ def test_cores_split_reads_threads_and_the_load_generator() -> None:
         release.wait()
 
     worker = threading.Thread(target=work)
+    decoders = named_executor(1, "decode")
 
     def generate() -> int:
         worker.start()
         done.wait()
+        decoders.submit(spin, 3_000_000).result()
         spin(3_000_000)
         code = "t = 0\nfor i in range(3_000_000): t += i * i"
         return subprocess.run([sys.executable, "-c", code], check=True).returncode
@@ -229,12 +233,14 @@ def test_cores_split_reads_threads_and_the_load_generator() -> None:
     result, split = cores.split(os.getpid(), generate)
     release.set()
     worker.join()
+    decoders.shutdown()
     assert result == 0 and split is not None
     wall = split["wall_seconds"]
     # each part did the same ~0.1-0.3 s of work; each must be seen, none double counted
-    for part in ("loop", "model", "load_generator"):
+    parts = ("loop", "decoders", "model", "load_generator")
+    for part in parts:
         assert 0.05 < split[part] * wall < wall, (part, split)
-    assert split["loop"] + split["model"] + split["load_generator"] <= (os.cpu_count() or 1) + 0.1
+    assert sum(split[part] for part in parts) <= (os.cpu_count() or 1) + 0.1
 
 
 def test_bench_instances_measures_both_on_the_real_server(tmp_path: Path) -> None:
