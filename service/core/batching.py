@@ -2,25 +2,28 @@
 
 :func:`select_batch` is the policy, a pure function of the queue and the clock (tested with an
 injected clock). :class:`Batcher` drives it on the event loop: a bounded queue (admission: 429
-when full), a deadline per batch, the model runs in worker threads (``instances`` of them at
-once), and per-batch failure that fails exactly that batch's requests.
+when full), a deadline per batch, the model runs in threads of their own (``instances`` of them
+at once, each taking its next prepared run as soon as it ends one), and per-batch failure that
+fails exactly that batch's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import ClientGone, InferenceFailed, NotReady, Overloaded
-from service.threads import named_executor
+from service.threads import name_this_thread
 
 
 class Rows(Protocol):
@@ -268,7 +271,12 @@ class Batcher:
         self._counted = 0  # of them, those that count against max_queue
         self._wake = asyncio.Event()
         self.instances = instances
-        self._executor = named_executor(instances, "onnx")  # onnx_0, ...: the model's runs
+        # Prepared runs go to the model's threads (onnx_0, ...) through a queue, and each thread
+        # takes its next run as soon as it ends one: the model never waits for a turn of the
+        # event loop between runs (under load a turn takes milliseconds).
+        self._handoff = _Handoff()
+        self._handed: set[_Run] = set()  # handed to the threads: waiting for one, or running
+        self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -309,20 +317,41 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self._depth_changed()
 
+    def _hand(self, run: _Run) -> None:
+        """Hand ``run`` to an idle model thread, or queue it for the next one that ends a run;
+        a thread is started only when none is idle and fewer than ``instances`` exist (as a
+        thread pool does: a light load keeps to one thread, its caches and its malloc arena)."""
+        self._handed.add(run)
+        if not self._handoff.put(run) and len(self._threads) < self.instances:
+            loop = asyncio.get_running_loop()
+            name = f"onnx_{len(self._threads)}"
+            thread = threading.Thread(target=self._work, args=(loop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
     async def close(self) -> None:
         """Stop taking work and fail what is still queued or running with 503.
 
-        The model run in progress (a worker thread) cannot be interrupted; its results are
-        discarded and the executor is shut down off the event loop.
+        The model runs in progress (in the model's threads) cannot be interrupted; their
+        results are discarded, and the threads are joined off the event loop.
         """
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._fail(self._pending, NotReady("the server is shutting down"))
+        stopping = NotReady("the server is shutting down")
+        self._fail(self._pending, stopping)
         self._set_pending([])
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        for run in self._handed:
+            self._fail(run.batch, stopping)
+        self._handed.clear()
+        self._handoff.drain()  # runs not started yet are not started at all
+        for _ in self._threads:
+            self._handoff.put(None)
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
 
     def refuse_all(self, error: Exception) -> int:
         """Stop taking work and fail every queued request with ``error`` (the batch running
@@ -373,47 +402,35 @@ class Batcher:
         return await future
 
     async def _loop(self) -> None:
-        """Select, prepare and run batches, up to ``instances`` at once. While every instance
-        is busy, the next batch, if it is already complete, is prepared (clients checked,
-        inputs merged) so that it starts as soon as one is free."""
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                running = {task for task in running if not task.done()}
-                busy = len(running) >= self.instances
+        """Select and prepare batches (clients checked, inputs merged) and hand them to the
+        model's threads: up to ``instances`` running and one more prepared, so that a thread
+        that ends a run starts the next at once. While every instance is taken, only a batch
+        that is already complete is prepared (:func:`select_batch`)."""
+        while True:
+            handed = len(self._handed)
+            busy = handed >= self.instances
+            batch = None
+            if handed < self.instances + 1:
                 batch = select_batch(self._pending, self._clock(), self.limits, idle=not busy)
-                if batch is None:
-                    await self._wait(running, busy)
-                    continue
-                chosen = set(map(id, batch))
-                self._set_pending([job for job in self._pending if id(job) not in chosen])
-                prepared = await self._prepare(batch)
-                if prepared is None:  # every client of the batch had left
-                    continue
-                while len(running) >= self.instances:  # wait for a free instance
-                    _, still = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    running = set(still)
-                running.add(asyncio.get_running_loop().create_task(self._execute(*prepared)))
-        finally:
-            for task in running:
-                task.cancel()
-            for task in running:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if batch is None:
+                await self._wait(busy)
+                continue
+            chosen = set(map(id, batch))
+            self._set_pending([job for job in self._pending if id(job) not in chosen])
+            prepared = await self._prepare(batch)
+            if prepared is None:  # every client of the batch had left
+                continue
+            self._hand(_Run(*prepared))
 
-    async def _wait(self, running: set[asyncio.Task[None]], busy: bool) -> None:
-        """Until a request is queued, a run in flight ends, or (while an instance is free) the
-        oldest job's deadline."""
+    async def _wait(self, busy: bool) -> None:
+        """Until a request is queued, a run ends, or (while an instance is free) the oldest
+        job's deadline."""
         self._wake.clear()
         timeout = None
         if self._pending and not busy:
             timeout = max(0.0, self._pending[0].enqueued + self.limits.max_wait - self._clock())
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        waiters.extend(running)
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiters[0].cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _prepare(
         self, batch: list[Job]
@@ -461,54 +478,151 @@ class Batcher:
                 live.append(job)
         return live
 
+    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One of the model's threads: run the handed batches one after the other. A run's
+        result goes to the event loop (:meth:`_finish`) only once this thread is ready for
+        the next run (or has taken it), so that a request answered by that result and sent
+        again at once finds this thread idle instead of starting another."""
+        name_this_thread()
+        done: tuple[_Run, Outputs | Exception, float, float] | None = None
+        while True:
+            waiter = self._handoff.ready()
+            if done is not None:
+                try:
+                    loop.call_soon_threadsafe(self._finish, *done)
+                except RuntimeError:  # the event loop is closed: nobody is waiting
+                    return
+                # Hold nothing of that run while waiting for the next: its inputs and outputs
+                # are the event loop's now, and freed when the requests are answered.
+                done = None
+            try:
+                run = waiter.take(self._handoff, timeout=1.0)  # raises queue.Empty
+            except queue.Empty:
+                if loop.is_closed():  # a batcher that was never closed
+                    return
+                continue
+            if run is None:
+                return
+            started = self._clock()
+            try:
+                wanted = self._extra is not None and any(job.wants_extra for job in run.batch)
+                result: Outputs | Exception = self._run_batch(run.embeddings, run.mask, wanted)
+            except Exception as exc:  # a failed run fails this batch's requests, explicitly
+                result = exc
+            done = (run, result, started, self._clock() - started)
+            del run, result
+
     def _run_batch(
         self, embeddings: NDArray[np.float32], mask: NDArray[np.bool_], wanted: bool
     ) -> Outputs:
-        """In the worker thread: the model, which rows are finite, then the extra result if a
+        """In the model's thread: the model, which rows are finite, then the extra result if a
         job wants it."""
         arrays = self._run(embeddings, mask)
         extra = self._extra(arrays, mask) if wanted and self._extra is not None else None
         return Outputs(arrays, finite_rows(arrays), extra)
 
-    async def _execute(
-        self, batch: list[Job], embeddings: NDArray[np.float32], mask: NDArray[np.bool_]
+    def _finish(
+        self, run: _Run, result: Outputs | Exception, started: float, seconds: float
     ) -> None:
-        """Run one prepared batch. Whatever happens, every job of the batch ends resolved: a
-        failure anywhere (the run, split, metrics) fails exactly this batch's requests."""
-        try:
-            await self._execute_unguarded(batch, embeddings, mask)
-        except asyncio.CancelledError:
-            self._fail(batch, NotReady("the server is shutting down"))
-            raise
-        except Exception as exc:
-            self._fail(batch, InferenceFailed(f"batch failed: {type(exc).__name__}: {exc}"[:300]))
-
-    async def _execute_unguarded(
-        self, batch: list[Job], embeddings: NDArray[np.float32], mask: NDArray[np.bool_]
-    ) -> None:
-        started = self._clock()
-        loop = asyncio.get_running_loop()
-        try:
-            wanted = self._extra is not None and any(job.wants_extra for job in batch)
-            outputs = await loop.run_in_executor(
-                self._executor, self._run_batch, embeddings, mask, wanted
-            )
-        except Exception as exc:  # a failed run fails this batch's requests, explicitly
+        """On the event loop: a run has ended. Whatever happens, every job of the batch ends
+        resolved: a failure anywhere (the run, split, metrics) fails exactly this batch."""
+        if run not in self._handed:  # closed meanwhile: its jobs were failed already
+            return
+        self._handed.discard(run)
+        self._wake.set()
+        batch, mask = run.batch, run.mask
+        if isinstance(result, Exception):
             error = InferenceFailed(
-                f"the model run failed: {type(exc).__name__}: {str(exc)[:200]}",
+                f"the model run failed: {type(result).__name__}: {str(result)[:200]}",
                 {"batch_items": int(mask.shape[0])},
             )
             self._fail(batch, error)
             return
-        seconds = self._clock() - started
-        if self._on_batch:
-            stats = BatchStats(
-                items=int(mask.shape[0]),
-                tokens=int(mask.size),
-                real_tokens=int(mask.sum()),
-                queue_seconds=[started - job.enqueued for job in batch],
-            )
-            self._on_batch(stats, seconds)
-        for job, result in zip(batch, split(batch, outputs, self.token_axes), strict=True):
-            if not job.future.done():
-                job.future.set_result(result)
+        try:
+            if self._on_batch:
+                stats = BatchStats(
+                    items=int(mask.shape[0]),
+                    tokens=int(mask.size),
+                    real_tokens=int(mask.sum()),
+                    queue_seconds=[started - job.enqueued for job in batch],
+                )
+                self._on_batch(stats, seconds)
+            for job, outputs in zip(batch, split(batch, result, self.token_axes), strict=True):
+                if not job.future.done():
+                    job.future.set_result(outputs)
+        except Exception as exc:
+            self._fail(batch, InferenceFailed(f"batch failed: {type(exc).__name__}: {exc}"[:300]))
+
+
+class _Waiter:
+    """A model thread waiting for its next run (or holding it already)."""
+
+    __slots__ = ("event", "run")
+
+    def __init__(self, run: _Run | None = None, ready: bool = False) -> None:
+        self.event = threading.Event()
+        self.run = run
+        if ready:
+            self.event.set()
+
+    def take(self, handoff: _Handoff, timeout: float) -> _Run | None:
+        """The run handed to this thread; queue.Empty after ``timeout`` seconds without one."""
+        if not self.event.wait(timeout) and handoff.withdraw(self):
+            raise queue.Empty
+        self.event.wait()  # handed over just now, if the wait above timed out
+        return self.run
+
+
+class _Handoff:
+    """Runs from the event loop to the model's threads (None: one thread stops). An idle thread
+    waits on a :class:`_Waiter` of its own, and a run goes to the thread that became idle last,
+    so that a light load keeps to one thread, its caches and its malloc arena."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: deque[_Run | None] = deque()  # waiting for a thread
+        self._idle: list[_Waiter] = []  # threads waiting for a run, the last idle last
+
+    def put(self, run: _Run | None) -> bool:
+        """Give ``run`` to the thread that became idle last (True), or queue it (False)."""
+        with self._lock:
+            if not self._idle:
+                self._runs.append(run)
+                return False
+            waiter = self._idle.pop()
+        waiter.run = run
+        waiter.event.set()
+        return True
+
+    def ready(self) -> _Waiter:
+        """A thread is ready for a run: the first queued one, or a place among the idle."""
+        with self._lock:
+            if self._runs:
+                return _Waiter(self._runs.popleft(), ready=True)
+            waiter = _Waiter()
+            self._idle.append(waiter)
+            return waiter
+
+    def withdraw(self, waiter: _Waiter) -> bool:
+        """Take an idle thread's place back (False: a run was handed to it meanwhile)."""
+        with self._lock:
+            if waiter in self._idle:
+                self._idle.remove(waiter)
+                return True
+            return False
+
+    def drain(self) -> list[_Run | None]:
+        """Take every run that no thread has taken yet."""
+        with self._lock:
+            runs = list(self._runs)
+            self._runs.clear()
+        return runs
+
+
+@dataclass(eq=False)
+class _Run:
+    """A prepared batch on its way to, or in, one of the model's threads."""
+
+    batch: list[Job]
+    embeddings: NDArray[np.float32]
+    mask: NDArray[np.bool_]

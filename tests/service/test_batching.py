@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,6 +258,49 @@ async def test_the_next_batch_is_prepared_while_the_model_runs() -> None:
     await asyncio.gather(first, *later)
     await batcher.close()
     assert starts == [1, 2, 2, 1]  # complete batches of 2 while busy; the rest when free
+
+
+async def test_the_next_run_starts_while_the_event_loop_is_busy() -> None:
+    """A thread that ends a run takes the prepared next one itself: the model does not wait for
+    a turn of the event loop (under load a turn takes milliseconds). Here the loop is blocked
+    for 0.5 s while the first run ends, and the second run starts within that time."""
+    gate, starts = threading.Event(), []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
+        starts.append(time.monotonic())
+        gate.wait(5)
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 100))
+    batcher.start()
+    x, mask = np.ones((1, 3, 2), dtype=np.float32), np.ones((1, 3), dtype=bool)
+    tasks = [asyncio.create_task(batcher.submit(x, mask)) for _ in range(2)]
+    await asyncio.sleep(0.05)  # the first runs (blocked on the gate), the second is prepared
+    assert len(starts) == 1
+    threading.Timer(0.05, gate.set).start()
+    time.sleep(0.5)  # the event loop is busy: nothing of the batcher's runs on it meanwhile
+    unblocked = time.monotonic()
+    await asyncio.gather(*tasks)
+    await batcher.close()
+    assert len(starts) == 2 and starts[1] < unblocked
+
+
+async def test_a_light_load_keeps_to_one_model_thread() -> None:
+    """One request at a time with two instances: every run in the same thread (its caches and
+    its malloc arena); a second thread starts only when two runs are wanted at once."""
+    threads: list[str] = []
+
+    def run(x: np.ndarray, mask: np.ndarray) -> Arrays:
+        threads.append(threading.current_thread().name)
+        return fake_model(x, mask)
+
+    batcher = Batcher(run, BatchLimits(1, 10_000, 0.0, 100), instances=2)
+    batcher.start()
+    x, mask = np.ones((1, 3, 2), dtype=np.float32), np.ones((1, 3), dtype=bool)
+    for _ in range(5):
+        await batcher.submit(x, mask)
+    await batcher.close()
+    assert threads == ["onnx_0"] * 5
 
 
 async def test_refuse_all_fails_the_queue_but_not_the_running_batch() -> None:
