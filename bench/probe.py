@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,17 @@ def label(choice: int | None) -> str:
     return "caps" if choice is None else str(choice)
 
 
-def summary(probes: list[list[Curve]]) -> dict[str, dict[str, Any]]:
+def gain(rounds: list[Curve]) -> float:
+    """How far the curve rises above its largest batch: per round, the best smaller batch's
+    items/s over the largest's; the median of the rounds."""
+    return statistics.median(max(ips for _, ips in r[:-1]) / r[-1][1] for r in rounds)
+
+
+def summary(probes: list[list[Curve]]) -> dict[str, Any]:
     """Per rule: how often each choice came out, and the share of probes that made the most
-    frequent one."""
-    result = {}
+    frequent one; and the range of the probes' :func:`gain`."""
+    gains = [gain(rounds) for rounds in probes if len(rounds[0]) > 1]
+    result: dict[str, Any] = {"gain_over_largest": [min(gains), max(gains)] if gains else None}
     for name, rule in RULES.items():
         counts = Counter(label(rule(rounds)) for rounds in probes)
         result[name] = {
@@ -98,7 +106,8 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---:|---|---:|",
     ]
     for model, data in results["models"].items():
-        for rule, s in data["summary"].items():
+        for rule in RULES:
+            s = data["summary"][rule]
             choices = ", ".join(f"{c}: {n}" for c, n in s["choices"].items())
             lines.append(
                 f"| {model} | {rule} | {len(data['probes'])} | {choices} | {s['modal_share']:.2f} |"
@@ -119,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         probes = probe_model(repository, model, args.probes)
         results["models"][model] = {"probes": probes, "summary": summary(probes)}
     print(table(results))
+    for model, data in results["models"].items():
+        low, high = data["summary"]["gain_over_largest"] or (0.0, 0.0)
+        print(
+            f"{model}: best smaller batch over the largest, median per probe: {low:.2f}-{high:.2f}x"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -3,7 +3,7 @@
 A model's throughput (items per second) depends on the batch: it rises while a bigger batch
 amortises the run's fixed costs, then, for wide models, falls again when a batch no longer fits
 the caches (raw ONNX Runtime on a 384-dim model ran 2,790 items/s at batch 8 and 1,962 at 64 on
-the development machine). :func:`measure` times the model at start-up over batch sizes 1, 2,
+the development machine). :func:`probe` times the model at start-up over batch sizes 1, 2,
 4, ... at one token length. When smaller batches beat the largest by more than ``tolerance``,
 it prefers the largest of them within ``tolerance`` of the best: the
 batcher then closes a run at that many padded tokens (``preferred_tokens``), and a deep queue
@@ -147,19 +147,9 @@ def decide(rounds: list[Curve], tolerance: float = TOLERANCE) -> int | None:
     return max(sizes[i] for i in ahead if median[i] >= (1 - tolerance) * best)
 
 
-def measure(
-    run: Callable[[NDArray[np.float32], NDArray[np.bool_]], object],
-    input_dim: int,
-    max_items: int,
-    max_tokens: int,
-    tokens: int,
-    budget_seconds: float,
-    clock: Callable[[], float] = time.perf_counter,
-    instances: int = 1,
-) -> BatchPolicy:
-    """:func:`probe` the model, :func:`decide` from its rounds, and return the policy; its
+def measured(rounds: list[Curve], tokens: int, instances: int = 1) -> BatchPolicy:
+    """The policy from :func:`probe`'s ``rounds`` at ``tokens`` tokens (:func:`decide`); its
     curve is each size's fastest run over all rounds (other work only ever slows a run down)."""
-    rounds = probe(run, input_dim, max_items, max_tokens, tokens, budget_seconds, clock, instances)
     curve = [(b, max(r[i][1] for r in rounds)) for i, (b, _) in enumerate(rounds[0])]
     preferred = decide(rounds)
     return BatchPolicy(

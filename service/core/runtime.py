@@ -32,7 +32,7 @@ from service.core.batching import Arrays, Batcher, BatchLimits, BatchStats, Plac
 from service.core.calls import Batch, Caller, PoolResult, Work
 from service.core.diagnostics import ItemDiagnostics, Summary, describe, summarise
 from service.core.models import ServedVersion, scan
-from service.core.policy import BatchPolicy, measure
+from service.core.policy import BatchPolicy, measured, probe
 from service.errors import (
     ClientGone,
     NotFound,
@@ -209,15 +209,17 @@ class Runtime:
             return BatchPolicy("manifest", served.manifest.preferred_batch_tokens)
         if s.batch_policy == "off":
             return BatchPolicy("off", None)
-        return measure(
+        tokens = min(PROBE_TOKENS, s.max_tokens_per_item)
+        rounds = probe(
             served.backend.run,
             served.manifest.input_dim,
             s.max_batch_size,
             s.max_batch_tokens,
-            min(PROBE_TOKENS, s.max_tokens_per_item),
+            tokens,
             s.batch_probe_seconds,
             instances=s.model_instances,
         )
+        return measured(rounds, tokens, s.model_instances)
 
     def _batcher(self, served: ServedVersion) -> Batcher:
         assert served.backend is not None and served.manifest is not None

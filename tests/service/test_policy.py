@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.core.batching import Batcher, BatchLimits
-from service.core.policy import decide, measure
+from service.core.policy import decide, measured, probe
 from service.settings import Settings
 from tests.service.server import REPOSITORY, STARTUP_SECONDS
 from tests.service.test_batching import fake_model, job
@@ -69,7 +69,7 @@ def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
             cost *= 50  # another process took the core once: the fastest run ignores it
         now[0] += cost
 
-    policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.05, clock=clock)
+    policy = measured(probe(run, 16, 64, 4096, 32, budget_seconds=0.05, clock=clock), 32)
     assert [b for b, _ in policy.curve] == [1, 2, 4, 8, 16, 32, 64] and policy.rounds >= 3
     assert policy.preferred_tokens == 8 * 32 and policy.preferred_items == 8
     assert policy.curve[3][1] == pytest.approx(8 / 0.0018)
@@ -92,7 +92,7 @@ def test_with_instances_each_timed_run_is_that_many_runs_at_once() -> None:
         with lock:
             inside[0] -= 1
 
-    policy = measure(run, 4, 4, 4096, 8, budget_seconds=0.0, instances=2)
+    policy = measured(probe(run, 4, 4, 4096, 8, budget_seconds=0.0, instances=2), 8, 2)
     assert most[0] == 2 and calls[0] % 2 == 0 and policy.runs_at_once == 2
     assert [b for b, _ in policy.curve] == [1, 2, 4]
     # two runs of 4 items in a little over 1 ms: about 2 x 4 / 0.001 items/s, not 4 / 0.001
@@ -114,7 +114,7 @@ def test_rounds_that_disagree_prefer_nothing() -> None:
             cost *= 50
         now[0] += cost
 
-    policy = measure(run, 16, 64, 4096, 32, budget_seconds=0.0, clock=lambda: now[0])
+    policy = measured(probe(run, 16, 64, 4096, 32, budget_seconds=0.0, clock=lambda: now[0]), 32)
     assert policy.preferred_tokens is None and policy.source == "measured"
     assert policy.rounds == 3
     # the fastest runs alone still show the fall: it is the disagreement that decides
