@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -78,8 +77,9 @@ def test_measure_times_each_size_and_keeps_the_fastest_run() -> None:
 
 def test_with_instances_each_timed_run_is_that_many_runs_at_once() -> None:
     """Two instances: every timed run is two calls in flight together (from two threads), and
-    the curve counts both runs' items."""
-    lock, inside, most, calls = threading.Lock(), [0], [0], [0]
+    the curve counts both runs' items. The clock is injected: a pair of runs that are in the
+    model together takes 1 ms (the time a real pair would overlap), whatever the machine's load."""
+    lock, inside, most, calls, now = threading.Lock(), [0], [0], [0], [0.0]
     both = threading.Barrier(2, timeout=5)  # a call returns only once its partner is in too
 
     def run(x: np.ndarray, mask: np.ndarray) -> None:
@@ -87,16 +87,18 @@ def test_with_instances_each_timed_run_is_that_many_runs_at_once() -> None:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
             calls[0] += 1
-        both.wait()
-        time.sleep(0.001)
+        if both.wait() == 0:  # one of the pair moves the clock for both
+            now[0] += 0.001
+        both.wait()  # neither returns before the clock has moved
         with lock:
             inside[0] -= 1
 
-    policy = measured(probe(run, 4, 4, 4096, 8, budget_seconds=0.0, instances=2), 8, 2)
+    rounds = probe(run, 4, 4, 4096, 8, budget_seconds=0.0, clock=lambda: now[0], instances=2)
+    policy = measured(rounds, 8, 2)
     assert most[0] == 2 and calls[0] % 2 == 0 and policy.runs_at_once == 2
     assert [b for b, _ in policy.curve] == [1, 2, 4]
-    # two runs of 4 items in a little over 1 ms: about 2 x 4 / 0.001 items/s, not 4 / 0.001
-    assert 5_000 < policy.curve[2][1] < 8_100
+    # two runs of 4 items in 1 ms: 2 x 4 / 0.001 items/s, not 4 / 0.001
+    assert policy.curve[2][1] == pytest.approx(8_000)
 
 
 def test_rounds_that_disagree_prefer_nothing() -> None:
